@@ -1,0 +1,390 @@
+"""The ``hf-prospector`` command line (also ``python -m hf_prospector``).
+
+Each subcommand is a thin layer over the library:
+
+* ``score``   add IFD or golden-score columns; resumable, and split over processes under
+  ``torchrun``/``accelerate launch`` (see :mod:`hf_prospector.runner`);
+* ``taskset`` load a task set for the golden score, optionally refined (SuperNUGGETS);
+* ``select``  keep rows by a score column (top fraction, top n or threshold; then diversity);
+* ``card``    write a dataset card for scored and selected rows;
+* ``publish`` publish selected rows to a local git dataset repository or the Hub;
+* ``report``  compare two scorings of the same rows, or assess scored datasets side by side;
+* ``run``     run a YAML recipe (see :mod:`hf_prospector.recipes`): score, select, publish.
+
+Inputs are Hub ids, json/jsonl/parquet/csv files, saved datasets or ``demo``; outputs are saved-dataset
+folders, or ``.parquet`` files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .recipes import (DiversitySpec, InputSpec, PublishSpec, Recipe, RecipeError, RefineSpec, RunSpec, ScoreSpec,
+                      SelectSpec, check_recipe, load_recipe)
+from .runner import DEFAULT_BATCH_SIZE, DEFAULT_PART_ROWS, DEFAULT_PART_SECONDS, RunMismatchError
+
+# Score-table columns per scorer (the note column is shown last).
+TABLE_COLUMNS = {"ifd": ("ifd", "ifd_loss", "ppl_cond", "ppl_uncond", "n_response_tokens"),
+                 "gold": ("gold_score", "gold_delta", "gold_wins", "n_tasks")}
+NOTE_COLUMNS = {"ifd": "ifd_note", "gold": "gold_note"}
+
+
+# -- steps shared by the subcommands and recipes ----------------------------------------------------------
+def load_input(spec: InputSpec):
+    """``(rows, name)``: a Dataset (IterableDataset when streaming) and how the manifest and card name it."""
+    from .sources import load_rows
+
+    rows = load_rows(spec.source, split=spec.split, streaming=spec.streaming)
+    name = f"{spec.source} (split {spec.split})"
+    if spec.limit is not None:
+        rows = rows.take(spec.limit) if spec.streaming else rows.select(range(min(spec.limit, len(rows))))
+        name += f", first {spec.limit} rows"
+    return rows, name
+
+
+def build_scorer(spec: ScoreSpec):
+    """The scorer a :class:`ScoreSpec` names; for ``gold``, its task set is loaded (and refined) first."""
+    from .scorers import GoldScorer, IFDScorer
+
+    kwargs = spec.scorer_kwargs()
+    if spec.scorer == "ifd":
+        return IFDScorer(**kwargs)
+    from .tasksets import load_task_set, refine_task_set
+
+    tasks = load_task_set(spec.task_set)
+    if spec.refine_task_set is not None:
+        r = spec.refine_task_set
+        tasks = refine_task_set(tasks, k=r.k, sample=r.sample, encoder=r.encoder, seed=r.seed)
+    return GoldScorer(**{**kwargs, "task_set": tasks})
+
+
+def score_step(inp: InputSpec, spec: ScoreSpec, run: RunSpec, fresh: bool = False, show: int = 10):
+    """Score the input into ``run.output``; prints a score table and a summary in the main process.
+
+    Returns ``(scored, scorer, source name)``; ``scored`` is None in the other processes of a launch.
+    """
+    from .runner import process_state, score_run
+
+    state = process_state()
+    with state.main_process_first():  # the main process fills the datasets cache; the others reuse it
+        rows, name = load_input(inp)
+        scorer = build_scorer(spec)
+    scored, summary = score_run(rows, scorer, run.output, source_name=name, batch_size=run.batch_size,
+                                part_rows=run.part_rows, part_seconds=run.part_seconds, fresh=fresh)
+    if scored is not None:
+        if show:
+            print_table(scored, spec.scorer, show)
+        print(f"\n{summary.to_text()}")
+    return scored, scorer, name
+
+
+def select_step(scored, spec: SelectSpec):
+    """``(selected, report)`` for one selection; prints the report."""
+    from .embeddings import cache_column
+    from .selection import fraction_count, select, select_diverse
+
+    if spec.diversity is None:
+        selected, report = select(scored, spec.rule)
+    else:
+        k = spec.diversity.k
+        k = fraction_count(k, len(scored)) if isinstance(k, float) else k
+        pool, first = select(scored, spec.rule, order="original")
+        if not 1 <= k <= len(pool):
+            raise ValueError(f"diversity.k={spec.diversity.k} asks for {k} rows, but the rule {spec.rule.name} kept "
+                             f"{len(pool)} ({first.note}); lower k or loosen the rule")
+        selected, second = select_diverse(pool, k, encoder=spec.diversity.encoder)
+        selected = selected.remove_columns(cache_column(spec.diversity.encoder))
+        report = first.followed_by(second)
+    dropped = ", ".join(f"{n} {reason}" for reason, n in report.dropped.items() if n)
+    print(f"\nselection {spec.slug}: kept {report.kept} of {report.considered} rows "
+          f"({report.eligible} eligible; dropped: {dropped or 'none'}). {report.note}")
+    if spec.output:
+        save_rows(selected, spec.output)
+        print(f"selected rows saved to {spec.output}")
+    return selected, report
+
+
+def publish_step(selected, scored, target: PublishSpec, provenance: dict, thresholds: dict | None):
+    """Publish one selection to ``target.path`` (local git repository) or ``target.hub``; prints where."""
+    from .publishing import publish, publish_local
+
+    if target.path is not None:
+        where = publish_local(selected, target.path, target.revision, scored=scored, provenance=provenance,
+                              thresholds=thresholds, license=target.license)
+    else:
+        where = publish(selected, target.hub, target.revision, create_pr=target.create_pr, private=target.private,
+                        scored=scored, provenance=provenance, thresholds=thresholds, license=target.license)
+    print(f"published {len(selected)} rows to {where.location}, revision {where.revision} "
+          f"(commit {where.commit[:10]}){', ' + where.pr_url if where.pr_url else ''}")
+    return where
+
+
+def selection_provenance(source: str, scorer, spec: SelectSpec, report, recipe: str | None = None) -> dict:
+    """The facts a card and commit message record for one selection."""
+    settings = dict(scorer.settings())
+    facts = {"source": source, "scorer": settings.pop("scorer"), "model": settings.pop("model"),
+             "model_revision": settings.pop("revision"), **settings,
+             "selection_rule": spec.rule.describe() + (f" Then facility location to {report.kept} rows."
+                                                      if spec.diversity else ""),
+             "selection_rule_slug": spec.slug, "selection_note": report.note,
+             "published_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    if recipe:
+        facts["recipe"] = recipe
+    return {k: v for k, v in facts.items() if v is not None}
+
+
+def effective_threshold(selected, spec: SelectSpec) -> dict | None:
+    """The cut the selection made on its score column, for the card's histogram."""
+    rule = spec.rule
+    if rule.threshold is not None:
+        return {rule.column: rule.threshold}
+    if len(selected) == 0 or spec.diversity is not None:
+        return None
+    values = selected[rule.column]
+    return {rule.column: float(max(values) if rule.lowest else min(values))}
+
+
+def print_table(ds, scorer: str, limit: int, width: int = 44) -> None:
+    """The first ``limit`` rows: the instruction, the scorer's main columns and its note."""
+    from .formats import batch_to_examples
+
+    columns = [c for c in TABLE_COLUMNS.get(scorer, ()) if c in ds.column_names]
+    note = NOTE_COLUMNS.get(scorer)
+    rows = ds.select(range(min(limit, len(ds))))
+    labels = [ex.instruction.replace("\n", " ")[:width] for ex in batch_to_examples(rows[:])]
+    print(f"{'row_id':>6}  {'instruction':<{width}}  " + "  ".join(f"{c:>17}" for c in columns) + "  note")
+    for label, row in zip(labels, rows):
+        cells = "  ".join(f"{row[c]:>17.4f}" if isinstance(row[c], float) else f"{row[c]:>17}" for c in columns)
+        print(f"{row['row_id']!s:>6}  {label:<{width}}  {cells}  {row.get(note, '') or ''}")
+    if len(ds) > limit:
+        print(f"... {len(ds) - limit} more rows")
+
+
+def save_rows(ds, path: str) -> None:
+    """A ``.parquet`` file, or a saved-dataset folder."""
+    if str(path).endswith(".parquet"):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        ds.to_parquet(path)
+    else:
+        ds.save_to_disk(path)
+
+
+def read_rows(path: str):
+    from .sources import load_rows
+
+    return load_rows(path)
+
+
+# -- subcommands -----------------------------------------------------------------------------------------
+def cmd_score(args) -> None:
+    refine = None if args.refine_k is None else RefineSpec(args.refine_k, args.refine_sample, args.refine_seed,
+                                                           args.encoder)
+    columns = dict(pair.split("=", 1) for pair in args.columns.split(",")) if args.columns else None
+    recipe = Recipe(
+        score=ScoreSpec(args.scorer, args.model, args.revision, args.convention, args.template, args.max_length,
+                        args.min_response_tokens, args.dtype, args.device, args.token_budget, columns, args.turn,
+                        args.task_set, args.task_max_length, refine),
+        input=InputSpec(args.input, args.split, args.streaming, args.limit),
+        run=RunSpec(args.output, args.batch_size, args.part_rows, args.part_seconds))
+    check_recipe(recipe)
+    score_step(recipe.input, recipe.score, recipe.run, fresh=args.fresh, show=args.show)
+
+
+def cmd_taskset(args) -> None:
+    from .tasksets import load_task_set, refine_task_set
+
+    tasks = load_task_set(args.source, split=args.split)
+    if args.refine_k is not None:
+        tasks = refine_task_set(tasks, k=args.refine_k, sample=args.refine_sample, encoder=args.encoder,
+                                seed=args.refine_seed)
+    save_rows(tasks, args.output)
+    print(f"task set: {len(tasks)} rows ({', '.join(tasks.column_names)}), saved to {args.output}")
+
+
+def cmd_select(args) -> None:
+    from .selection import SelectionRule
+
+    rule = SelectionRule(column=args.column, top_fraction=args.top_fraction, top_n=args.top_n,
+                         threshold=args.threshold, lowest=args.lowest,
+                         ifd_max=None if args.no_ifd_max else args.ifd_max, ifd_max_inclusive=args.ifd_max_inclusive)
+    diversity = None if args.diversity is None else DiversitySpec(_count_or_fraction(args.diversity), args.encoder)
+    select_step(read_rows(args.scored), SelectSpec(rule, diversity, args.output))
+
+
+def cmd_card(args) -> None:
+    from .publishing import write_card
+
+    selected = read_rows(args.selected) if args.selected else None
+    path = write_card(read_rows(args.scored), args.out, selected=selected,
+                      provenance={"source": args.source or args.scored}, license=args.license)
+    print(f"dataset card written to {path}")
+
+
+def cmd_publish(args) -> None:
+    target = PublishSpec(path=None if args.hub else args.target, hub=args.target if args.hub else None,
+                         revision=args.revision, create_pr=args.create_pr, private=args.private, license=args.license)
+    scored = read_rows(args.scored) if args.scored else None
+    facts = {"source": args.source or args.selected, "selection_rule_slug": args.rule}
+    publish_step(read_rows(args.selected), scored, target, {k: v for k, v in facts.items() if v}, None)
+
+
+def cmd_report(args) -> None:
+    from . import reports
+
+    if args.kind == "compare":
+        if len(args.inputs) != 2:
+            raise ValueError(f"report compare takes two scored datasets (A B), got {len(args.inputs)}")
+        names = tuple(args.names) if args.names else tuple(args.inputs)
+        report = reports.compare(read_rows(args.inputs[0]), read_rows(args.inputs[1]), names=names, out_dir=args.out)
+    else:
+        named = {}
+        for item in args.inputs:
+            name, sep, path = item.partition("=")
+            named[name if sep else Path(item).name] = read_rows(path if sep else item)
+        report = reports.assess(named, out_dir=args.out, fraction=args.fraction)
+    print(report.to_markdown())
+    if args.out:
+        print(f"\nreport written to {Path(args.out) / 'report.md'}")
+
+
+def cmd_run(args) -> None:
+    recipe = load_recipe(args.recipe)
+    if args.check:
+        print(f"{args.recipe}: valid ({recipe.score.scorer} scorer, model {recipe.score.model or 'default'}, "
+              f"{len(recipe.select)} selection(s))")
+        return
+    if recipe.description:
+        print(recipe.description)
+    scored, scorer, source = score_step(recipe.input, recipe.score, recipe.run, fresh=args.fresh, show=recipe.show)
+    if scored is None:  # not the main process: its share of the scoring is done
+        return
+    for spec in recipe.select:
+        selected, report = select_step(scored, spec)
+        if recipe.publish is not None:
+            facts = selection_provenance(source, scorer, spec, report, recipe=str(args.recipe))
+            publish_step(selected, scored, recipe.publish, facts, effective_threshold(selected, spec))
+
+
+# -- the parser ------------------------------------------------------------------------------------------
+def _count_or_fraction(text: str) -> int | float:
+    return float(text) if any(c in text for c in ".eE") else int(text)
+
+
+def _add_refine(p) -> None:
+    p.add_argument("--refine-k", type=int, help="refine the task set to K tasks (SuperNUGGETS), e.g. 100")
+    p.add_argument("--refine-sample", type=int, default=1000, help="rows sampled before clustering (default 1000)")
+    p.add_argument("--refine-seed", type=int, default=0)
+    p.add_argument("--encoder", help="sentence encoder name or path (default: the embedded all-MiniLM-L6-v2)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hf-prospector", description="Find the instruction-tuning rows worth "
+                                     "training on, with a small language model.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("score", help="add IFD or golden-score columns (resumable; torchrun/accelerate aware)")
+    p.add_argument("input", nargs="?", default="demo",
+                   help="Hub id, json/jsonl/parquet/csv file, saved dataset, 'demo' or 'demo-chat' (default: demo)")
+    p.add_argument("--scorer", choices=("ifd", "gold"), default="ifd")
+    p.add_argument("--model", help="embedded name (default smollm2-135m), .gguf file, local folder or Hub id")
+    p.add_argument("--revision", help="model revision on the Hub")
+    p.add_argument("--convention", help="ifd: exact (default), superfiltering, cherry; gold: exact, nuggets")
+    p.add_argument("--template", help="plain, alpaca or chat (default: the convention's)")
+    p.add_argument("--max-length", type=int)
+    p.add_argument("--min-response-tokens", type=int)
+    p.add_argument("--dtype", default="auto", help="auto (bfloat16 where native), float32, bfloat16, float16")
+    p.add_argument("--device", help="e.g. cpu or cuda:1 (default: one GPU per process, else the CPU)")
+    p.add_argument("--token-budget", type=int, help="tokens per micro-batch")
+    p.add_argument("--columns", help="row layout, e.g. instruction=question,response=answer")
+    p.add_argument("--turn", choices=("last", "first"), default="last")
+    p.add_argument("--task-set", help="gold: a file, saved dataset or Hub id of tasks")
+    p.add_argument("--task-max-length", type=int)
+    _add_refine(p)
+    p.add_argument("--split", default="train")
+    p.add_argument("--streaming", action="store_true", help="read the input as a stream (larger than memory)")
+    p.add_argument("--limit", type=int, help="score only the first N rows")
+    p.add_argument("--output", default="prospector_out/scored", help="saved-dataset folder or .parquet file")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="rows per scorer call")
+    p.add_argument("--part-rows", type=int, default=DEFAULT_PART_ROWS, help="rows per saved part (block)")
+    p.add_argument("--part-seconds", type=float, default=DEFAULT_PART_SECONDS,
+                   help="save finished rows at least this often (default 300)")
+    p.add_argument("--fresh", action="store_true", help="discard the saved parts of an earlier run")
+    p.add_argument("--show", type=int, default=10, help="rows of the score table to print (0: none)")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("taskset", help="load a task set for the golden score, optionally refined")
+    p.add_argument("source", help="file, saved dataset or Hub id of tasks")
+    p.add_argument("--split", default="train")
+    p.add_argument("--output", required=True, help="saved-dataset folder or .parquet file")
+    _add_refine(p)
+    p.set_defaults(func=cmd_taskset)
+
+    p = sub.add_parser("select", help="keep rows by a score column")
+    p.add_argument("scored", help="a scored dataset (folder, .parquet, ...)")
+    p.add_argument("--column", default="ifd")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--top-fraction", type=float, help="e.g. 0.05: the top 5%% of eligible rows")
+    which.add_argument("--top-n", type=int)
+    which.add_argument("--threshold", type=float, help="keep rows with score > T (< T with --lowest)")
+    p.add_argument("--lowest", action="store_true", help="keep the lowest scores instead")
+    p.add_argument("--ifd-max", type=float, default=1.0, help="IFD columns: only rows below this (default 1)")
+    p.add_argument("--ifd-max-inclusive", action="store_true", help="IFD columns: keep IFD == ifd-max too (Cherry)")
+    p.add_argument("--no-ifd-max", action="store_true", help="IFD columns: no upper bound")
+    p.add_argument("--diversity", help="then facility location to K rows (int) or a fraction of all rows (float)")
+    p.add_argument("--encoder", help="sentence encoder for --diversity (default: embedded all-MiniLM-L6-v2)")
+    p.add_argument("--output", required=True, help="saved-dataset folder or .parquet file")
+    p.set_defaults(func=cmd_select)
+
+    p = sub.add_parser("card", help="write a dataset card (README.md + figures/) for scored rows")
+    p.add_argument("scored", help="the scored dataset (all rows)")
+    p.add_argument("--selected", help="the selected rows, to compare with all rows")
+    p.add_argument("--out", required=True, help="folder for README.md and figures/")
+    p.add_argument("--source", help="how the card names the source data")
+    p.add_argument("--license")
+    p.set_defaults(func=cmd_card)
+
+    p = sub.add_parser("publish", help="publish selected rows with a card: a local git repository or the Hub")
+    p.add_argument("selected", help="the selected rows")
+    p.add_argument("target", help="a local folder, or a Hub dataset repo id with --hub")
+    p.add_argument("--hub", action="store_true", help="TARGET is a Hub repo id")
+    p.add_argument("--scored", help="all scored rows, for the card's statistics")
+    p.add_argument("--revision", help="branch (default: select-<rule>, or a timestamp)")
+    p.add_argument("--rule", help="the selection's slug, e.g. ifd-top5pct (names the default revision)")
+    p.add_argument("--source", help="how the card names the source data")
+    p.add_argument("--create-pr", action="store_true", help="Hub: open a pull request")
+    p.add_argument("--private", action="store_true", default=None, help="Hub: create the repo private")
+    p.add_argument("--license")
+    p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser("report", help="compare two scorings, or assess scored datasets")
+    p.add_argument("kind", choices=("compare", "assess"))
+    p.add_argument("inputs", nargs="+", help="compare: A B; assess: NAME=PATH ...")
+    p.add_argument("--names", nargs=2, help="compare: labels for A and B")
+    p.add_argument("--fraction", type=float, default=0.05, help="assess: the top/bottom fraction (default 0.05)")
+    p.add_argument("--out", help="folder for report.md and figures")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("run", help="run a YAML recipe: score, select, publish")
+    p.add_argument("recipe", help="e.g. recipes/quickstart.yaml")
+    p.add_argument("--check", action="store_true", help="validate the recipe only")
+    p.add_argument("--fresh", action="store_true", help="discard the saved parts of an earlier run")
+    p.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except (RecipeError, RunMismatchError, FileNotFoundError, KeyError, ValueError) as err:
+        print(f"hf-prospector {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""Exact encoding: token ids for the conditioned and the unconditioned pass of one row.
+
+The context and the response are tokenized *separately* and their ids joined, so the response's ids
+are identical in both passes and no token merges across the boundary. Both passes start with the
+tokenizer's BOS when it defines one, even if it does not add it by itself (SmolLM2 defines
+``<|im_start|>`` and adds nothing), so the first response token is scored in both passes. With the
+``chat`` template the chat markup's own special tokens stand in for BOS; the unconditioned pass then
+starts with the template's assistant header (its generation prompt).
+
+A tokenizer with no BOS (and no chat header) leaves no position from which to predict the first
+response token of the unconditioned pass; that token is then left unscored in *both* passes, so the two
+losses cover the same tokens.
+
+Budget: the conditioned sequence holds at most ``max_length`` tokens. The context is kept whole when it
+fits and the response is cut at its tail; when the context would leave fewer than
+``min_response_tokens`` for the response (or the whole response, if shorter), the context is cut from
+the left. ``min_response_tokens=0`` never cuts the context: a row whose context fills the budget then
+gets NaN scores with that reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .formats import Example
+
+TEMPLATES = ("plain", "alpaca", "chat")
+
+# The Stanford Alpaca prompts (tatsu-lab/stanford_alpaca, train.py PROMPT_DICT).
+ALPACA_PROMPT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+)
+ALPACA_PROMPT_NO_INPUT = (
+    "Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Response:\n"
+)
+
+
+def render_context(example: Example, template: str, tokenizer=None) -> str:
+    """The context text of ``example`` under ``template`` (everything the response is conditioned on)."""
+    if template == "plain":
+        # Superfiltering: "instruction\n" plus "input\n" when present; chat turns one per line.
+        return "".join(m["content"] + "\n" for m in example.messages)
+    if template == "alpaca":
+        # Chat rows: the last user turn is the instruction and the earlier turns become the input.
+        input_ = example.input or "\n".join(m["content"] for m in example.messages[:-1])
+        prompt = ALPACA_PROMPT if input_ else ALPACA_PROMPT_NO_INPUT
+        return prompt.format(instruction=example.instruction, input=input_)
+    if template == "chat":
+        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+            raise ValueError("template='chat' needs a tokenizer with a chat template; use 'plain' or 'alpaca'")
+        return tokenizer.apply_chat_template(example.messages, tokenize=False, add_generation_prompt=True)
+    raise ValueError(f"unknown template {template!r}; choose one of {TEMPLATES}")
+
+
+def assistant_header(tokenizer) -> str:
+    """The markup a chat template puts before an assistant turn (the generation prompt)."""
+    probe = [{"role": "user", "content": "x"}]
+    with_header = tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=True)
+    without = tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=False)
+    return with_header[len(without):] if with_header.startswith(without) else ""
+
+
+@dataclass
+class EncodedRow:
+    """Ids of both passes. Positions ``start..len-1`` of each sequence are scored (predicted from the left).
+
+    ``cond`` is None when the row cannot be scored; ``note`` then says why.
+    """
+
+    cond: list[int] | None
+    cond_start: int
+    uncond: list[int] | None
+    uncond_start: int
+    n_response_tokens: int
+    note: str = ""
+
+
+class PairEncoder:
+    """Encodes examples for IFD-style scoring under one tokenizer, template and budget."""
+
+    def __init__(self, tokenizer, template: str = "plain", max_length: int = 1024, min_response_tokens: int = 16):
+        if template not in TEMPLATES:
+            raise ValueError(f"unknown template {template!r}; choose one of {TEMPLATES}")
+        self.tokenizer = tokenizer
+        self.template = template
+        self.max_length = max_length
+        self.min_response_tokens = min_response_tokens
+        bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+        if template == "chat":
+            self.cond_prefix: list[int] = []
+            self.uncond_prefix = self.ids(assistant_header(tokenizer)) or bos
+        else:
+            self.cond_prefix = self.uncond_prefix = bos
+
+    def ids(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def encode(self, example: Example) -> EncodedRow:
+        response = self.ids(example.response) if example.response.strip() else []
+        if not response:
+            return EncodedRow(None, 0, None, 0, 0, "NaN: empty response")
+        context = self.ids(render_context(example, self.template, self.tokenizer))
+        return self.encode_ids(context, response)
+
+    def encode_ids(self, context: list[int], response: list[int]) -> EncodedRow:
+        notes = []
+        room = self.max_length - len(self.cond_prefix)
+        need = min(self.min_response_tokens, len(response))
+        if len(context) + need > room and self.min_response_tokens > 0:
+            keep = max(room - need, 0)
+            notes.append(f"context cut from the left to {keep} of {len(context)} tokens")
+            context = context[len(context) - keep:] if keep else []
+        if room - len(context) <= 0:
+            return EncodedRow(None, 0, None, 0, 0,
+                              f"NaN: context of {len(context)} tokens leaves no room for the response "
+                              f"within max_length={self.max_length}")
+        if len(response) > room - len(context):
+            notes.append(f"response cut to {room - len(context)} of {len(response)} tokens")
+            response = response[: room - len(context)]
+        # Without a prefix token the first response token has no left neighbour in the unconditioned
+        # pass; skip it in both passes so the two losses cover the same tokens.
+        skip = 0 if self.uncond_prefix else 1
+        if len(response) - skip <= 0:
+            return EncodedRow(None, 0, None, 0, 0, "NaN: no response token can be scored (no BOS and a 1-token response)")
+        cond = self.cond_prefix + context + response
+        uncond = self.uncond_prefix + response
+        return EncodedRow(cond, len(cond) - len(response) + skip, uncond, len(self.uncond_prefix) + skip,
+                          len(response) - skip, "; ".join(notes))

@@ -1,0 +1,321 @@
+"""What a publication says about itself: the recipe (provenance), the commit message and the dataset card.
+
+The card is a ``huggingface_hub.DatasetCard``: YAML metadata (license, size category, task categories;
+the publishers add ``configs`` and ``dataset_info``) and a Markdown section between two HTML comments,
+so that publishing again replaces this library's section and keeps the rest of an existing card. The
+section holds a provenance table, per score column the statistics of all rows and of the selected rows,
+and PNG figures written next to the card (``figures/``) and linked with relative paths, which the Hub
+renders: a histogram per score column (all rows and selected rows overlaid, the threshold marked) and
+a violin plot of IFD, the Superfiltering paper's view of a dataset. Figures are drawn on
+``matplotlib.figure.Figure`` (Agg canvas): no pyplot state, no display.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pyarrow as pa
+from datasets import Dataset, DatasetDict, concatenate_datasets
+from huggingface_hub import DatasetCard, DatasetCardData
+from matplotlib.figure import Figure
+
+import hf_prospector
+
+# Score columns the library writes, in the order the card shows them.
+SCORE_COLUMNS = ("ifd", "ifd_loss", "ppl_cond", "ppl_uncond", "loss_cond", "loss_uncond", "gold_score", "gold_delta")
+# Provenance keys in the order the card and the commit message show them; other keys follow, sorted.
+PROVENANCE_ORDER = ("source", "source_revision", "fingerprint", "scorer", "model", "model_revision", "template",
+                    "convention", "max_length", "selection_rule", "selection_rule_slug", "rows_in", "rows_selected",
+                    "license", "library_version")
+SECTION_START = "<!-- hf_prospector:start -->"
+SECTION_END = "<!-- hf_prospector:end -->"
+FIGURES_DIR = "figures"
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+STAT_HEADER = ["score", "rows", "count", "NaN", "min", "q05", "q25", "median", "q75", "q95", "mean", "max"]
+# The Hub's size_categories buckets (upper bounds), as in datasets/utils/resources/size_categories.json.
+SIZE_CATEGORIES = ((10**3, "n<1K"), (10**4, "1K<n<10K"), (10**5, "10K<n<100K"), (10**6, "100K<n<1M"),
+                   (10**7, "1M<n<10M"), (10**8, "10M<n<100M"), (10**9, "100M<n<1B"), (10**10, "1B<n<10B"),
+                   (10**11, "10B<n<100B"), (10**12, "100B<n<1T"))
+
+Provenance = dict[str, Any]  # recipe facts, e.g. {"source": "tatsu-lab/alpaca", "scorer": "ifd", ...}
+
+
+@dataclass(frozen=True)
+class Publication:
+    """Where a publish went: ``revision`` (branch, or ``refs/pr/N``) and its head ``commit``."""
+
+    revision: str
+    commit: str
+    location: str  # the local repository path or the Hub repo URL
+    pr_url: str | None = None
+
+
+# -- the recipe -----------------------------------------------------------------------------------------------
+def as_dataset_dict(selected: Dataset | DatasetDict) -> DatasetDict:
+    """The splits to publish: a bare ``Dataset`` becomes the ``train`` split."""
+    if isinstance(selected, DatasetDict):
+        if not selected:
+            raise ValueError("the DatasetDict to publish has no splits")
+        return selected
+    if isinstance(selected, Dataset):
+        return DatasetDict({"train": selected})
+    raise TypeError(f"expected a datasets.Dataset or DatasetDict to publish, got {type(selected).__name__}")
+
+
+def complete_provenance(provenance: Mapping[str, Any] | None, selected: Dataset | DatasetDict | None = None,
+                        scored: Dataset | None = None) -> Provenance:
+    """A copy with the counts and library version filled in; counts that contradict the data are an error."""
+    facts = dict(provenance or {})
+    facts.setdefault("library_version", hf_prospector.__version__)
+    counts = {}
+    if selected is not None:
+        counts["rows_selected"] = sum(len(split) for split in as_dataset_dict(selected).values())
+    if scored is not None:
+        counts["rows_in"] = len(scored)
+    for key, actual in counts.items():
+        if key in facts and str(facts[key]) != str(actual):
+            raise ValueError(f"provenance[{key!r}] = {facts[key]!r} but the data has {actual} rows; "
+                             f"fix the provenance or leave {key!r} out to have it counted.")
+        facts[key] = actual
+    return facts
+
+
+def _ordered(provenance: Mapping[str, Any]) -> list[tuple[str, str]]:
+    keys = [k for k in PROVENANCE_ORDER if k in provenance] + sorted(k for k in provenance if k not in PROVENANCE_ORDER)
+    return [(k, " ".join(str(provenance[k]).split())) for k in keys if provenance[k] is not None]
+
+
+def commit_message(provenance: Mapping[str, Any]) -> tuple[str, str]:
+    """``(summary, description)``: one line naming rule, source and counts, then every fact as ``key: value``."""
+    rule = provenance.get("selection_rule_slug") or provenance.get("selection_rule") or "selection"
+    source = provenance.get("source", "an unnamed source")
+    at = provenance.get("source_revision") or provenance.get("fingerprint")
+    summary = f"Select {rule} from {source}" + (f"@{at}" if at else "")
+    if "rows_selected" in provenance:
+        summary += f": {provenance['rows_selected']}" + (f" of {provenance['rows_in']}" if "rows_in" in provenance
+                                                         else "") + " rows"
+    description = "\n".join(f"{key}: {value}" for key, value in _ordered(provenance))
+    return " ".join(summary.split()), description
+
+
+def default_revision(provenance: Mapping[str, Any], now: datetime | None = None) -> str:
+    """``select-<rule slug>`` (e.g. ``select-ifd-top5pct``), else ``select-<UTC timestamp>``."""
+    slug = re.sub(r"[^a-z0-9._]+", "-", str(provenance.get("selection_rule_slug") or "").lower()).strip("-.")
+    if not slug:
+        slug = (now or datetime.now(timezone.utc)).strftime("%Y%m%d-%H%M%S")
+    return f"select-{slug}"
+
+
+# -- statistics -----------------------------------------------------------------------------------------------
+def score_columns(ds: Dataset, requested: list[str] | None = None) -> list[str]:
+    """The numeric score columns of ``ds``: ``requested``, else those of :data:`SCORE_COLUMNS` present."""
+    names = requested if requested is not None else [c for c in SCORE_COLUMNS if c in ds.column_names]
+    for name in names:
+        if name not in ds.column_names:
+            raise ValueError(f"score column {name!r} is not in the dataset (columns: {ds.column_names})")
+        pa_type = ds.features[name].pa_type if hasattr(ds.features[name], "pa_type") else None
+        numeric = pa_type is not None and (pa.types.is_floating(pa_type) or pa.types.is_integer(pa_type)
+                                           or pa.types.is_null(pa_type))  # null: every value is missing
+        if not numeric:
+            raise ValueError(f"score column {name!r} is not numeric ({ds.features[name]}); "
+                             "pass columns= with numeric columns only.")
+    return list(names)
+
+
+def column_values(ds: Dataset, name: str) -> np.ndarray:
+    """A column as float64 in row order; nulls become NaN."""
+    return np.asarray(ds.with_format("arrow")[name].to_numpy(zero_copy_only=False), dtype=np.float64)
+
+
+def score_stats(values: np.ndarray) -> dict[str, float]:
+    """``count`` finite values, ``nan`` the others (NaN, null, ±inf), and min, quantiles, mean, max of the finite."""
+    finite = values[np.isfinite(values)]
+    stats = {"count": len(finite), "nan": len(values) - len(finite)}
+    names = ["min", *(f"q{round(q * 100):02d}" for q in QUANTILES), "mean", "max"]
+    if len(finite) == 0:
+        return stats | dict.fromkeys(names, math.nan)
+    numbers = [finite.min(), *np.quantile(finite, QUANTILES), finite.mean(), finite.max()]
+    return stats | {name: float(v) for name, v in zip(names, numbers)}
+
+
+def _positions_in_scored(scored: Dataset | None, selected: Dataset) -> list[int] | None:
+    """Where each selected row sits in ``scored``, by ``row_id``; None when the datasets cannot be matched so."""
+    if scored is None or "row_id" not in scored.column_names or "row_id" not in selected.column_names:
+        return None
+    position = {}
+    for i, row_id in enumerate(scored["row_id"]):
+        if row_id in position:
+            raise ValueError(f"row_id {row_id!r} appears twice in the scored dataset (rows {position[row_id]} "
+                             f"and {i}); row ids must be unique to match the selected rows.")
+        position[row_id] = i
+    missing = [r for r in selected["row_id"] if r not in position]
+    if missing:
+        raise ValueError(f"{len(missing)} selected row_id(s) are not in the scored dataset, e.g. {missing[:5]}; "
+                         "pass the scored dataset the selection was made from.")
+    return [position[r] for r in selected["row_id"]]
+
+
+def _selected_values(scored: Dataset | None, selected: Dataset, positions: list[int] | None, name: str) -> np.ndarray:
+    """The selected rows' scores: looked up in ``scored`` when matched by row_id, else the selection's own."""
+    if positions is not None:
+        return column_values(scored, name)[positions]
+    if name not in selected.column_names:
+        raise ValueError(f"the selected rows have no {name!r} column and no row_id to look it up in the scored "
+                         "dataset; keep the score columns or row_id in the selection.")
+    return column_values(selected, name)
+
+
+def _markdown_table(header: list[str], rows: list[list]) -> str:
+    def line(cells: list) -> str:
+        return "| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |"
+    return "\n".join([line(header), line(["---"] * len(header))] + [line(row) for row in rows])
+
+
+def _number(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.6g}"
+
+
+def _size_category(rows: int) -> str:
+    return next((name for bound, name in SIZE_CATEGORIES if rows < bound), "n>1T")
+
+
+# -- figures --------------------------------------------------------------------------------------------------
+Populations = list[tuple[str, np.ndarray]]  # ("all rows" | "selected", values), drawn in this order
+COLORS = {"all rows": "tab:blue", "selected": "tab:orange"}
+
+
+def _histogram(name: str, populations: Populations, threshold: float | None, path: Path) -> Path:
+    finite = [(label, values[np.isfinite(values)]) for label, values in populations]
+    pooled = np.concatenate([values for _, values in finite])
+    bins = np.histogram_bin_edges(pooled, bins=int(np.clip(np.sqrt(len(pooled)), 10, 60)))
+    fig = Figure(figsize=(6, 3.6), layout="constrained")
+    ax = fig.subplots()
+    for label, values in finite:
+        ax.hist(values, bins=bins, color=COLORS[label], alpha=0.45 if label == "all rows" else 0.8,
+                label=f"{label} ({len(values)})")
+    if threshold is not None:
+        ax.axvline(threshold, color="red", linestyle="--", linewidth=1, label=f"threshold {threshold:g}")
+    ax.set(xlabel=name, ylabel="rows", title=f"{name}: " + " and ".join(label for label, _ in populations))
+    ax.legend()
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def _ifd_violin(populations: Populations, threshold: float | None, path: Path) -> Path:
+    fig = Figure(figsize=(2 + 1.6 * len(populations), 4), layout="constrained")
+    ax = fig.subplots()
+    for position, (label, values) in enumerate(populations, start=1):
+        finite = values[np.isfinite(values)]
+        if len(np.unique(finite)) >= 2:  # a kernel density needs two distinct values
+            body = ax.violinplot([finite], positions=[position], showmedians=True)
+            body["bodies"][0].set_facecolor(COLORS[label])
+        else:
+            ax.plot(np.full(len(finite), position), finite, "o", color=COLORS[label])
+    ax.axhline(1.0, color="grey", linewidth=0.8, label="IFD = 1 (instruction does not help)")
+    if threshold is not None:
+        ax.axhline(threshold, color="red", linestyle="--", linewidth=1, label=f"threshold {threshold:g}")
+    ax.set_xticks(range(1, len(populations) + 1), [label for label, _ in populations])
+    ax.set(ylabel="IFD", title="IFD distribution")
+    ax.legend(fontsize="small")
+    fig.savefig(path, dpi=110)
+    return path
+
+
+# -- the card -------------------------------------------------------------------------------------------------
+def make_card(scored: Dataset | None, selected: Dataset | DatasetDict | None, provenance: Mapping[str, Any] | None,
+              out_dir: str | Path, thresholds: Mapping[str, float] | None = None, license: str | None = None,
+              columns: list[str] | None = None) -> DatasetCard:
+    """The card of ``selected`` chosen from ``scored``; figures go to ``out_dir/figures`` and are linked relatively.
+
+    Either dataset may be None: ``selected=None`` describes a scored dataset, ``scored=None`` the selected
+    rows alone. ``thresholds`` (column -> value) are marked on the figures. ``license`` defaults to
+    ``provenance["license"]``; ``columns`` overrides the score columns shown. Only the PNGs are written.
+    """
+    if scored is None and selected is None:
+        raise ValueError("make_card needs the scored dataset, the selected rows, or both")
+    facts = complete_provenance(provenance, selected, scored if selected is not None else None)
+    chosen = None
+    if selected is not None:
+        splits = list(as_dataset_dict(selected).values())
+        chosen = splits[0] if len(splits) == 1 else concatenate_datasets(splits)
+    names = score_columns(scored if scored is not None else chosen, columns)
+    thresholds = dict(thresholds or {})
+    unknown = [c for c in thresholds if c not in names]
+    if unknown:
+        raise ValueError(f"thresholds given for {unknown}, which are not score columns {names}")
+    positions = _positions_in_scored(scored, chosen) if chosen is not None else None
+    figures_dir = Path(out_dir) / FIGURES_DIR
+    figures_dir.mkdir(parents=True, exist_ok=True)
+
+    table, images = [], []
+    for name in names:
+        populations = [("all rows", column_values(scored, name))] if scored is not None else []
+        if chosen is not None:
+            populations.append(("selected", _selected_values(scored, chosen, positions, name)))
+        for label, values in populations:
+            stats = score_stats(values)
+            table.append([name, label, stats["count"], stats["nan"]] + [_number(v) for v in list(stats.values())[2:]])
+        if not any(np.isfinite(values).any() for _, values in populations):
+            continue  # nothing to draw; the table shows the NaN count
+        path = _histogram(name, populations, thresholds.get(name), figures_dir / f"{name}_histogram.png")
+        images.append(f"![{name}: histogram]({FIGURES_DIR}/{path.name})")
+        if name == "ifd":
+            path = _ifd_violin(populations, thresholds.get(name), figures_dir / "ifd_violin.png")
+            images.append(f"![IFD violin plot]({FIGURES_DIR}/{path.name})")
+
+    rows = len(chosen) if chosen is not None else len(scored)
+    data = DatasetCardData(license=license or facts.get("license"), size_categories=[_size_category(rows)],
+                           task_categories=["text-generation"], tags=["hf-prospector", "data-selection"])
+    source = facts.get("source", "a scored dataset")
+    rule = f" by `{facts['selection_rule']}`" if facts.get("selection_rule") else ""
+    intro = (f"{rows} rows selected from `{source}`{rule} with hf-prospector." if chosen is not None else
+             f"Scores of {rows} rows of `{source}`, computed with hf-prospector.")
+    parts = [SECTION_START, "# Data selected with hf-prospector" if chosen is not None else "# hf-prospector scores",
+             intro, "## Provenance", _markdown_table(["fact", "value"], [[k, v] for k, v in _ordered(facts)])]
+    if names:
+        parts += ["## Scores",
+                  "`count` is the number of finite values, `NaN` the rows without one (NaN, null or infinite); "
+                  "the other statistics are over the finite values. \"all rows\" are the scored rows the "
+                  "selection was made from.",
+                  _markdown_table(STAT_HEADER, table), *images]
+    parts.append(SECTION_END)
+    return DatasetCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(parts) + "\n")
+
+
+def merge_card(existing: DatasetCard, ours: DatasetCard) -> DatasetCard:
+    """``existing`` (e.g. the card ``push_to_hub`` wrote) with our metadata and section added or replaced.
+
+    Existing metadata wins (configs, dataset_info, the source's license), except ``size_categories``,
+    which describes the published rows; tags and task categories are merged. Our section goes first;
+    a section from an earlier publish is removed.
+    """
+    data = existing.data.to_dict()
+    for key, value in ours.data.to_dict().items():
+        if key in ("tags", "task_categories"):
+            data[key] = list(dict.fromkeys([*_as_list(data.get(key)), *value]))
+        elif key == "size_categories" or data.get(key) is None:
+            data[key] = value
+    old_body = re.sub(re.escape(SECTION_START) + r".*?" + re.escape(SECTION_END) + r"\n*", "", existing.text,
+                      flags=re.S).strip()
+    new_body = ours.text.strip() + ("\n\n" + old_body if old_body else "") + "\n"
+    return DatasetCard(f"---\n{DatasetCardData(**data).to_yaml()}\n---\n\n{new_body}")
+
+
+def _as_list(value) -> list:
+    return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def write_card(scored: Dataset | None, out_dir: str | Path, selected: Dataset | DatasetDict | None = None,
+               provenance: Mapping[str, Any] | None = None, thresholds: Mapping[str, float] | None = None,
+               license: str | None = None, columns: list[str] | None = None) -> Path:
+    """The ``card`` command without publishing: ``out_dir/README.md`` and ``out_dir/figures/*.png``."""
+    card = make_card(scored, selected, provenance, out_dir, thresholds, license, columns)
+    path = Path(out_dir) / "README.md"
+    card.save(path)
+    return path

@@ -1,0 +1,289 @@
+"""Recipes: a YAML file naming a whole run (input, scorer, selections, publication), checked before any work.
+
+A recipe has these sections; only ``score`` is required::
+
+    description: what the recipe reproduces
+    input:   {source: demo, split: train, streaming: false, limit: null}
+    score:   {scorer: ifd, model: smollm2-135m, convention: exact, template: null, max_length: null, ...}
+    run:     {output: prospector_out/scored, batch_size: 256, part_rows: 4096, part_seconds: 300}
+    select:  - rule: {column: ifd, top_fraction: 0.05}           # a SelectionRule
+               diversity: {k: 0.02}                              # optional: then facility location
+    publish: {path: prospector_out/repo}                         # or {hub: user/name}
+    show: 10                                                     # score-table rows to print
+
+:func:`load_recipe` reads and checks it: an unknown key, a wrong type or a bad value is an error that
+names the file, the key (``score.template``, ``select[1].rule.top_fraction``) and what is allowed. Relative
+paths are relative to the working directory, where the command runs.
+"""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .selection import SelectionRule
+
+SCORERS = ("ifd", "gold")
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot run; the message names the file and the key."""
+
+
+@dataclass
+class InputSpec:
+    """Where the rows come from: a Hub id, a json/jsonl/parquet/csv file, a saved dataset, ``demo`` or ``demo-chat``."""
+
+    source: str = "demo"
+    split: str = "train"
+    streaming: bool = False  # read the source as an IterableDataset (larger than memory or disk)
+    limit: int | None = None  # only the first `limit` rows
+
+
+@dataclass
+class RefineSpec:
+    """SuperNUGGETS' refined task set: the rows nearest ``k`` k-means centroids of a ``sample`` of the task set."""
+
+    k: int = 100
+    sample: int = 1000
+    seed: int = 0
+    encoder: str | None = None
+
+
+@dataclass
+class ScoreSpec:
+    """The scorer and its settings; a setting left out (null) takes the scorer's or convention's default."""
+
+    scorer: str = "ifd"
+    model: str | None = None
+    revision: str | None = None
+    convention: str | None = None
+    template: str | None = None
+    max_length: int | None = None
+    min_response_tokens: int | None = None  # ifd only
+    dtype: str = "auto"
+    device: str | None = None
+    token_budget: int | None = None
+    columns: dict[str, str] | None = None  # e.g. {instruction: question, response: answer}
+    turn: str = "last"
+    task_set: str | None = None  # gold only: a file, saved dataset or Hub id of tasks
+    task_max_length: int | None = None  # gold only
+    refine_task_set: RefineSpec | None = None  # gold only
+
+    def scorer_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for the scorer: the settings given, without the scorer's name."""
+        given = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("scorer", "refine_task_set")}
+        return {k: v for k, v in given.items() if v is not None}
+
+
+@dataclass
+class RunSpec:
+    """Where the scored rows go (a saved-dataset folder, or a .parquet file) and how the run saves its progress."""
+
+    output: str = "prospector_out/scored"
+    batch_size: int = 256  # rows per scorer call (the engine packs them into token-budget micro-batches)
+    part_rows: int = 4096  # rows per saved part; a process scores whole blocks of this size
+    part_seconds: float = 300.0  # save a part at least this often, even inside a block
+
+
+@dataclass
+class DiversitySpec:
+    """Facility location over sentence embeddings after the rule: ``k`` rows, or a fraction of all scored rows."""
+
+    k: int | float
+    encoder: str | None = None
+
+
+@dataclass
+class SelectSpec:
+    """One selection (published as its own revision): a rule, optionally followed by diversity."""
+
+    rule: SelectionRule
+    diversity: DiversitySpec | None = None
+    output: str | None = None  # also save the selected rows here (folder or .parquet)
+
+    @property
+    def slug(self) -> str:
+        """The rule's slug, plus the diversity step's: ``ifd-top20pct-fl2pct``."""
+        if self.diversity is None:
+            return self.rule.name
+        k = self.diversity.k
+        return f"{self.rule.name}-fl{f'{k * 100:g}pct' if isinstance(k, float) else k}".replace(".", "p")
+
+
+@dataclass
+class PublishSpec:
+    """Publish each selection: to a local git dataset repository (``path``) or a Hub dataset repo (``hub``)."""
+
+    path: str | None = None
+    hub: str | None = None
+    revision: str | None = None  # default: select-<selection slug>
+    create_pr: bool = False  # hub only
+    private: bool | None = None  # hub only
+    license: str | None = None
+
+
+@dataclass
+class Recipe:
+    score: ScoreSpec
+    description: str = ""
+    input: InputSpec = field(default_factory=InputSpec)
+    run: RunSpec = field(default_factory=RunSpec)
+    select: list[SelectSpec] = field(default_factory=list)
+    publish: PublishSpec | None = None
+    show: int = 10
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and check a recipe file; raises :class:`RecipeError` naming the file and the key."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as err:
+        raise RecipeError(f"{path}: cannot read the recipe: {err}") from None
+    return parse_recipe(data, str(path))
+
+
+def parse_recipe(data: Any, where: str = "recipe") -> Recipe:
+    """A :class:`Recipe` from parsed YAML, with every key, type and value checked."""
+    try:
+        recipe = _build(Recipe, data, "")
+        check_recipe(recipe)
+    except RecipeError as err:
+        raise RecipeError(f"{where}: {err}") from None
+    return recipe
+
+
+# -- checking -------------------------------------------------------------------------------------------
+def check_recipe(recipe: Recipe) -> None:
+    """Values that are well-typed but cannot work together (the command line checks its options with it too)."""
+    score = recipe.score
+    if score.scorer not in SCORERS:
+        raise RecipeError(f"score.scorer: unknown scorer {score.scorer!r}; allowed: {', '.join(SCORERS)}")
+    only = {"ifd": ("min_response_tokens",), "gold": ("task_set", "task_max_length", "refine_task_set")}
+    for scorer, keys in only.items():
+        for key in keys:
+            if scorer != score.scorer and getattr(score, key) is not None:
+                raise RecipeError(f"score.{key} applies to scorer {scorer!r} only, not {score.scorer!r}")
+    if score.scorer == "gold":
+        if score.task_set is None:
+            raise RecipeError("score.task_set is required for scorer 'gold' (a file, saved dataset or Hub id of tasks)")
+        from .scorers.gold import GOLD_CONVENTIONS
+
+        if score.convention is not None and score.convention not in GOLD_CONVENTIONS:
+            raise RecipeError(f"score.convention: {score.convention!r} is not a gold convention; "
+                              f"allowed: {', '.join(GOLD_CONVENTIONS)}")
+    else:
+        from .scorers import IFDScorer
+
+        try:  # cheap: the model loads on first use, so this checks the settings alone
+            IFDScorer(**score.scorer_kwargs())
+        except (ValueError, TypeError) as err:
+            raise RecipeError(f"score: {err}") from None
+    for name in ("batch_size", "part_rows"):
+        if getattr(recipe.run, name) < 1:
+            raise RecipeError(f"run.{name} must be at least 1, got {getattr(recipe.run, name)}")
+    if recipe.run.part_seconds < 0:
+        raise RecipeError(f"run.part_seconds must be >= 0, got {recipe.run.part_seconds}")
+    if recipe.input.limit is not None and recipe.input.limit < 1:
+        raise RecipeError(f"input.limit must be at least 1, got {recipe.input.limit}")
+    for i, spec in enumerate(recipe.select):
+        k = None if spec.diversity is None else spec.diversity.k
+        if isinstance(k, float) and not 0 < k < 1:
+            raise RecipeError(f"select[{i}].diversity.k: a float is a fraction of the rows, in (0, 1); got {k}")
+        if isinstance(k, int) and k < 1:
+            raise RecipeError(f"select[{i}].diversity.k: a row count must be at least 1; got {k}")
+    publish = recipe.publish
+    if publish is not None:
+        if (publish.path is None) == (publish.hub is None):
+            raise RecipeError("publish: give exactly one of 'path' (a local dataset repository) or 'hub' (a Hub repo id)")
+        if not recipe.select:
+            raise RecipeError("publish needs at least one 'select' entry: it publishes the selected rows")
+        if publish.revision is not None and len(recipe.select) > 1:
+            raise RecipeError(f"publish.revision names one branch but there are {len(recipe.select)} selections; "
+                              "leave it out to publish each on select-<its rule>")
+        if publish.path is not None and (publish.create_pr or publish.private is not None):
+            raise RecipeError("publish.create_pr and publish.private apply to 'hub' only")
+    slugs = [s.slug for s in recipe.select]
+    if len(set(slugs)) < len(slugs):
+        raise RecipeError(f"two selections are the same rule ({slugs}); each needs its own")
+
+
+# -- building dataclasses from YAML ----------------------------------------------------------------------
+def _build(cls, data: Any, where: str):
+    """An instance of dataclass ``cls`` from a mapping, each value checked against the field's type."""
+    label = where.rstrip(".") or "the recipe"
+    if data is None and where == "":
+        raise RecipeError("the recipe is empty; it needs at least a 'score' section")
+    if not isinstance(data, dict):
+        raise RecipeError(f"{label}: expected a mapping of keys, got {_show(data)}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    for key in data:
+        if key not in names:
+            near = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise RecipeError(f"unknown key {where + str(key)!r}{hint}; allowed: {', '.join(names)}")
+    values = {}
+    for f in fields(cls):
+        if f.name in data:
+            values[f.name] = _value(hints[f.name], data[f.name], where + f.name)
+        elif f.default is MISSING and f.default_factory is MISSING:
+            raise RecipeError(f"missing key {where + f.name!r}")
+    try:
+        return cls(**values)
+    except (ValueError, TypeError) as err:  # the class's own checks, e.g. SelectionRule's
+        raise RecipeError(f"{label}: {err}") from None
+
+
+def _value(kind, value: Any, where: str):
+    """``value`` checked against type ``kind`` (str, int, float, bool, optional, union, list, dict, dataclass)."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1 and (is_dataclass(options[0]) or typing.get_origin(options[0]) in (list, dict)):
+            return _value(options[0], value, where)  # a section or null: the section's own, precise error
+        for option in options:
+            try:
+                return _value(option, value, where)
+            except RecipeError:
+                continue
+        raise RecipeError(f"{where}: expected {_name(kind)}, got {_show(value)}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise RecipeError(f"{where}: expected a list, got {_show(value)}")
+        return [_value(args[0], item, f"{where}[{i}]") for i, item in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise RecipeError(f"{where}: expected a mapping, got {_show(value)}")
+        return {_value(args[0], k, f"{where} key"): _value(args[1], v, f"{where}.{k}") for k, v in value.items()}
+    if is_dataclass(kind):
+        return _build(kind, value, where + ".")
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind in (str, int, float, bool) and isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    raise RecipeError(f"{where}: expected {_name(kind)}, got {_show(value)}")
+
+
+def _name(kind) -> str:
+    args = typing.get_args(kind)
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _name(a) for a in args)
+    if typing.get_origin(kind) is list:
+        return f"a list of {_name(args[0])}"
+    if typing.get_origin(kind) is dict:
+        return f"a mapping of {_name(args[0])} to {_name(args[1])}"
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(kind, "a mapping")
+
+
+def _show(value: Any) -> str:
+    return "nothing (null)" if value is None else f"{value!r} ({type(value).__name__})"

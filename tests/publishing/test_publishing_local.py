@@ -1,0 +1,117 @@
+"""The embedded local backend end to end: git revisions that datasets.load_dataset reads back."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from datasets import DatasetDict, load_dataset
+from huggingface_hub import DatasetCard
+from PIL import Image
+
+from hf_prospector.publishing import GitError, checkout_revision, list_revisions, publish_local
+from tests.publishing.helpers import PROVENANCE, assert_stats_match, provenance_table, rows_where, scored_dataset
+
+
+def git(repo, *args) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True).stdout
+
+
+def load(repo, cache):
+    return load_dataset(str(repo), cache_dir=str(cache))
+
+
+def test_two_publishes_make_two_revisions_that_load_back(tmp_path):
+    repo, cache = tmp_path / "repo", tmp_path / "cache"
+    scored = scored_dataset()
+    band = rows_where(scored, lambda row: 0.9 < row["ifd"] < 1.0)
+    low = rows_where(scored, lambda row: row["ifd"] < 0.5)
+    first = publish_local(band, repo, scored=scored, provenance=PROVENANCE, thresholds={"ifd": 0.9})
+    second = publish_local(low, repo, scored=scored, provenance={**PROVENANCE, "selection_rule_slug": "low"})
+
+    assert (first.revision, second.revision) == ("select-ifd-0.9-1", "select-low")
+    assert {r.name: r.commit for r in list_revisions(repo)} == {
+        "main": git(repo, "rev-parse", "main").strip(), first.revision: first.commit, second.revision: second.commit}
+    assert git(repo, "ls-tree", "-r", "--name-only", "main").split() == [".gitattributes"]  # main untouched
+
+    for publication, rows in ((second, low), (first, band)):
+        checkout_revision(repo, publication.revision)
+        loaded = load(repo, cache)
+        assert list(loaded) == ["train"]
+        assert loaded["train"].to_list() == rows.to_list()
+        assert loaded["train"].features == rows.features
+
+        card = DatasetCard.load(repo / "README.md")
+        assert card.data.configs == [{"config_name": "default", "data_files": [{"split": "train",
+                                                                               "path": "data/train-*"}]}]
+        assert [(s["name"], s["num_examples"]) for s in card.data.dataset_info["splits"]] == [("train", len(rows))]
+        assert provenance_table(card.text)["rows_selected"] == str(len(rows))
+        assert_stats_match(card.text, {("ifd", "all rows"): scored["ifd"], ("ifd", "selected"): rows["ifd"],
+                                       ("ppl_cond", "all rows"): scored["ppl_cond"],
+                                       ("ppl_cond", "selected"): rows["ppl_cond"]})
+        for name in ("ifd_histogram.png", "ifd_violin.png", "ppl_cond_histogram.png"):
+            assert f"](figures/{name})" in card.text
+            with Image.open(repo / "figures" / name) as image:
+                assert image.format == "PNG" and image.width * image.height > 0
+                assert image.convert("L").getextrema()[0] < image.convert("L").getextrema()[1]
+
+    message = git(repo, "log", "-1", "--format=%B", first.revision)
+    assert message.startswith("Select ifd-0.9-1 from bob/alpaca-src@0123abc: ")
+    for key in ("scorer: ifd", "model: tiny-llama", "template: alpaca", "max_length: 512", "rows_in: 40",
+                f"rows_selected: {len(band)}", "selection_rule: ifd > 0.9 and ifd < 1"):
+        assert key in message
+
+
+def test_republishing_a_revision_adds_a_commit_and_replaces_the_section(tmp_path):
+    repo = tmp_path / "repo"
+    scored = scored_dataset(rows=12)
+    one = publish_local(scored.select(range(4)), repo, "picked", scored=scored, provenance={"source": "x"})
+    two = publish_local(DatasetDict({"train": scored.select(range(2)), "test": scored.select(range(5, 8))}), repo,
+                        "picked", scored=scored, provenance={"source": "x"})
+    assert git(repo, "rev-parse", f"{two.commit}~1").strip() == one.commit
+    loaded = load(repo, tmp_path / "cache")
+    assert {split: ds["row_id"] for split, ds in loaded.items()} == {"train": [100, 101], "test": [105, 106, 107]}
+    card = DatasetCard.load(repo / "README.md")
+    assert card.text.count("<!-- hf_prospector:start -->") == 1
+    assert provenance_table(card.text)["rows_selected"] == "5"
+
+
+def test_default_branch_needs_explicit_consent(tmp_path):
+    scored = scored_dataset(rows=5)
+    with pytest.raises(ValueError, match="default branch 'main'"):
+        publish_local(scored, tmp_path / "repo", "main")
+    done = publish_local(scored, tmp_path / "repo", "main", allow_default_branch=True)
+    assert done.revision == "main" and load(tmp_path / "repo", tmp_path / "cache")["train"].num_rows == 5
+
+
+def test_local_changes_are_never_overwritten(tmp_path):
+    repo = tmp_path / "repo"
+    scored = scored_dataset(rows=5)
+    publish_local(scored, repo, "a")
+    (repo / "notes.txt").write_text("mine")
+    with pytest.raises(GitError, match="uncommitted changes"):
+        publish_local(scored, repo, "b")
+    assert (repo / "notes.txt").read_text() == "mine"
+    assert sorted(r.name for r in list_revisions(repo)) == ["a", "main"]
+
+
+def test_a_failed_publish_leaves_the_repository_as_it_was(tmp_path):
+    repo = tmp_path / "repo"
+    scored = scored_dataset(rows=5)
+    publish_local(scored, repo, "a")
+    head = git(repo, "rev-parse", "HEAD")
+    with pytest.raises(ValueError, match="thresholds given for"):
+        publish_local(scored, repo, "b", thresholds={"no_such_score": 1.0})
+    assert git(repo, "rev-parse", "HEAD") == head and git(repo, "status", "--porcelain") == ""
+    assert git(repo, "rev-parse", "--abbrev-ref", "HEAD").strip() == "a"
+    assert sorted(r.name for r in list_revisions(repo)) == ["a", "main"]
+
+
+def test_bad_names_and_folders_are_refused(tmp_path):
+    scored = scored_dataset(rows=3)
+    with pytest.raises(ValueError, match="not a valid git branch name"):
+        publish_local(scored, tmp_path / "repo", "bad..name")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "file.txt").write_text("x")
+    with pytest.raises(FileExistsError, match="not empty and is not a git repository"):
+        publish_local(scored, tmp_path / "full", "a")

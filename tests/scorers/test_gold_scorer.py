@@ -1,0 +1,138 @@
+import math
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from hf_prospector.scorers import GoldScorer
+from tests.conftest import requires_smollm2
+
+TASKS = {
+    "instruction": ["Name the capital of France.", "Say hello.", "Translate to French.", "Repeat exactly: hello world"],
+    "input": ["", "", "Where is the station?", ""],
+    "output": ["Paris.", "hello there", "Où est la gare ?", "hello world"],
+}
+CANDIDATES = {
+    "instruction": ["Give three tips for staying healthy.", "Write a haiku about autumn leaves.", "Empty one."],
+    "input": ["", "", ""],
+    "output": ["Eat well, sleep well and exercise regularly. " * 5, "Leaves fall slowly.", ""],
+}
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_PROSPECTOR_CACHE", str(tmp_path))
+    return tmp_path
+
+
+def full_logprob_sum(model, ids, start):
+    with torch.no_grad():
+        lp = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
+    return sum(lp[p - 1, ids[p]].item() for p in range(start, len(ids)))
+
+
+def test_one_shot_from_reused_cache_equals_full_recomputation(tiny_model_dir, cache):
+    scorer = GoldScorer(str(tiny_model_dir), task_set=datasets.Dataset.from_dict(TASKS), dtype="float32")
+    out = datasets.Dataset.from_dict(CANDIDATES).map(scorer, batched=True)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    ids = lambda s: tok(s, add_special_tokens=False).input_ids  # noqa: E731
+    for row in out.select(range(2)):
+        candidate = [tok.bos_token_id] + ids(row["instruction"] + "\n") + ids(row["output"]) + ids("\n\n")
+        wins, deltas = 0, []
+        for ins, inp, ans in zip(TASKS["instruction"], TASKS["input"], TASKS["output"]):
+            task = ids(ins + "\n" + (inp + "\n" if inp else "")) + ids(ans)
+            zero_ids = [tok.bos_token_id] + task
+            one_ids = candidate + task
+            zero = full_logprob_sum(model, zero_ids, len(zero_ids) - len(ids(ans)))
+            one = full_logprob_sum(model, one_ids, len(one_ids) - len(ids(ans)))
+            wins += one > zero
+            deltas.append((one - zero) / len(ids(ans)))  # zero-shot loss minus one-shot loss
+        assert row["gold_wins"] == wins and row["n_tasks"] == 4
+        assert row["gold_score"] == pytest.approx(wins / 4)
+        assert row["gold_delta"] == pytest.approx(np.mean(deltas), abs=1e-4)
+    empty = out[2]
+    assert math.isnan(empty["gold_score"]) and "empty response" in empty["gold_note"]
+
+
+def test_zero_shot_computed_once_per_task_set(tiny_model_dir, cache):
+    tasks = datasets.Dataset.from_dict(TASKS)
+    scorer = GoldScorer(str(tiny_model_dir), task_set=tasks, dtype="float32")
+    cands = datasets.Dataset.from_dict(CANDIDATES)
+    cands.map(scorer, batched=True, batch_size=1, load_from_cache_file=False)  # three calls
+    assert scorer.zero_shot_runs == 1
+    engine = scorer.engine()
+    passes = engine.forward_passes
+    scorer({k: v[:1] for k, v in CANDIDATES.items()})
+    # One more candidate: one prefix pass plus the batched task passes, no zero-shot pass.
+    task_batches = len(__import__("hf_prospector.engine", fromlist=["plan_batches"]).plan_batches(
+        [10] * 4, engine.token_budget))
+    assert engine.forward_passes - passes == 1 + task_batches
+    again = GoldScorer(str(tiny_model_dir), task_set=tasks, dtype="float32")  # a new run: read from disk
+    again({k: v[:1] for k, v in CANDIDATES.items()})
+    assert again.zero_shot_runs == 0 and list((cache / "zero_shot").glob("*.npz"))
+
+
+def test_truncation_notes_and_settings(tiny_model_dir, cache):
+    scorer = GoldScorer(str(tiny_model_dir), task_set=datasets.Dataset.from_dict(TASKS), dtype="float32",
+                        max_length=40, task_max_length=12)
+    row = scorer({k: v[:1] for k, v in CANDIDATES.items()})
+    assert "candidate cut to 28" in row["gold_note"][0] and "task(s) truncated" in row["gold_note"][0]
+    assert 0 <= row["gold_score"][0] <= 1
+    with pytest.raises(ValueError, match="task_set"):
+        GoldScorer(str(tiny_model_dir))
+    with pytest.raises(ValueError, match="conflicts"):
+        GoldScorer(str(tiny_model_dir), task_set=datasets.Dataset.from_dict(TASKS), convention="nuggets",
+                   template="alpaca")
+
+
+def nuggets_reference(model, tok, candidate, tasks):
+    """NUGGETS instruction_main.py, straightforwardly: one forward pass per (candidate, task)."""
+    def prompt(ins, inp, out):
+        q = f"Instruction:\n{ins.strip()}\n" + (f"Input:\n{inp.strip()}\n" if inp.strip() else "") + "Response:\n"
+        return q, q + out.strip()
+
+    ex_ids = tok(prompt(*candidate)[1]).input_ids  # the exemplar with the tokenizer's special tokens
+    wins = 0
+    for t in zip(*tasks):
+        q, full = prompt(*t)
+        ids = tok(full, add_special_tokens=False).input_ids[:200]
+        start, end = len(tok(q, add_special_tokens=False).input_ids), min(len(ids), 200)
+        zero = full_logprob_sum(model, ids[:end], start)
+        one = full_logprob_sum(model, ex_ids + ids[:end], len(ex_ids) + start)
+        wins += one > zero
+    return wins
+
+
+def test_nuggets_convention_equals_reference(tiny_model_dir, cache):
+    scorer = GoldScorer(str(tiny_model_dir), task_set=datasets.Dataset.from_dict(TASKS), convention="nuggets",
+                        dtype="float32")
+    out = datasets.Dataset.from_dict(CANDIDATES).map(scorer, batched=True)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tasks = (TASKS["instruction"], TASKS["input"], TASKS["output"])
+    for i in range(3):
+        cand = (CANDIDATES["instruction"][i], CANDIDATES["input"][i], CANDIDATES["output"][i])
+        assert out[i]["gold_wins"] == nuggets_reference(model, tok, cand, tasks)
+    assert "scored, as the NUGGETS script does" in out[2]["gold_note"]
+
+
+@requires_smollm2
+def test_real_model_candidate_identical_to_task_wins_that_task(cache):
+    tasks = datasets.Dataset.from_dict(TASKS)
+    scorer = GoldScorer(task_set=tasks, dtype="float32")
+    same = {k: [v[2]] for k, v in TASKS.items()}  # the French translation task itself, as a candidate
+    row = scorer(same)
+    engine = scorer.engine()
+    enc = scorer._encoder(engine)
+    encoded = scorer._encoded_tasks(enc)
+    zero_sums, _ = scorer.zero_shot(engine, encoded)
+    from hf_prospector.engine import Request
+
+    prefix, _ = enc.candidate(datasets.Dataset.from_dict(same).map(lambda r: r)[0] and
+                              __import__("hf_prospector.formats", fromlist=["x"]).batch_to_examples(same)[0])
+    one = engine.prefixed_logprobs(prefix, [Request(encoded[2].ids, encoded[2].start)])[0].sum()
+    assert one > zero_sums[2] + 1.0  # the answer became clearly more likely
+    assert 0 <= row["gold_score"][0] <= 1 and row["gold_score"][0] == row["gold_wins"][0] / row["n_tasks"][0]

@@ -1,0 +1,65 @@
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from hf_prospector.engine import Engine, Request, plan_batches, resolve_dtype
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    return Engine(model, AutoTokenizer.from_pretrained(tiny_model_dir), "cpu", "float32", token_budget=64)
+
+
+def reference_logprobs(model, ids, start):
+    """One sequence, the full vocabulary at every position, gathered by hand."""
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0].float()
+    lp = torch.log_softmax(logits, dim=-1)
+    return np.array([lp[p - 1, ids[p]].item() for p in range(start, len(ids))])
+
+
+def test_plan_batches_respects_budget_and_covers_all():
+    lengths = [5, 40, 3, 17, 17, 60, 1]
+    batches = plan_batches(lengths, token_budget=40)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for b in batches:
+        assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 40
+    assert batches[0] == [5]  # longest first
+
+
+def test_batched_equals_one_at_a_time_and_reference(engine):
+    rng = np.random.default_rng(0)
+    reqs = [Request(list(rng.integers(3, 300, n)), s) for n, s in [(3, 1), (50, 20), (7, 2), (120, 100), (12, 11), (33, 1)]]
+    batched = engine.logprobs(reqs)
+    assert engine.forward_passes >= 3  # the budget of 64 tokens forced several micro-batches
+    for r, got in zip(reqs, batched):
+        alone = engine.logprobs([r])[0]
+        ref = reference_logprobs(engine.model, r.ids, r.start)
+        assert got.shape == (len(r.ids) - r.start,)
+        np.testing.assert_allclose(got, alone, atol=1e-4)
+        np.testing.assert_allclose(got, ref, atol=1e-4)
+
+
+def test_prefixed_logprobs_equal_full_recomputation(engine):
+    prefix = [1, 50, 60, 70, 80]
+    conts = [Request([90, 91, 92, 93], 0), Request([100, 101], 1), Request(list(range(120, 160)), 10)]
+    got = engine.prefixed_logprobs(prefix, conts)
+    for c, g in zip(conts, got):
+        full = prefix + c.ids
+        ref = reference_logprobs(engine.model, full, len(prefix) + c.start)
+        np.testing.assert_allclose(g, ref, atol=1e-4)
+
+
+def test_bad_request_start(engine):
+    with pytest.raises(ValueError, match="outside"):
+        engine.logprobs([Request([1, 2], 0)])
+
+
+def test_dtype_resolution():
+    assert resolve_dtype("float32", torch.device("cpu")) == torch.float32
+    assert resolve_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+    assert resolve_dtype("auto", torch.device("cpu")) in (torch.float32, torch.bfloat16)
+    with pytest.raises(ValueError, match="unknown dtype"):
+        resolve_dtype("int3", torch.device("cpu"))
