@@ -11,8 +11,8 @@ Conventions:
 * ``exact`` (default): the candidate is ``BOS + context + response + "\\n\\n"`` under the template
   (``plain`` or ``alpaca``); each task is ``context + answer``, tokenized in parts as in
   :mod:`hf_prospector.encoding`, and the zero-shot pass puts BOS in front of the task. The task's ids are
-  identical in both passes. Budgets: tasks ``task_max_length`` (default 256) tokens, candidates
-  ``max_length - task_max_length``; longer ones are truncated with a note.
+  identical in both passes. Budgets: tasks ``task_max_length`` (default 256) tokens, candidates the rest
+  of ``max_length``; longer ones are truncated as in :mod:`hf_prospector.encoding`, with a note.
 * ``nuggets``: NUGGETS' ``instruction_main.py``: fields stripped, ``Instruction:\\n{instruction}\\n
   [Input:\\n{input}\\n]Response:\\n{output}``; the candidate tokenized with the tokenizer's special tokens and
   not truncated, tasks without special tokens and cut at 200 tokens (a task whose prompt fills those 200
@@ -68,8 +68,13 @@ class GoldEncoder:
         self.tokenizer = tokenizer
         self.convention = convention
         self.task_max_length = task_max_length
-        self.candidate_budget = max_length - task_max_length
+        self.separator = self.ids(_SEPARATOR)
+        if max_length - task_max_length - len(self.separator) < 2:
+            raise ValueError(f"max_length={max_length} leaves no room for a candidate beside "
+                             f"task_max_length={task_max_length}")
         self.pairs = PairEncoder(tokenizer, template, task_max_length, min_response_tokens=16)
+        self.candidates = PairEncoder(tokenizer, template, max_length - task_max_length - len(self.separator),
+                                      min_response_tokens=16)
         self.bos = self.pairs.cond_prefix
 
     def ids(self, text: str, special: bool = False) -> list[int]:
@@ -93,13 +98,10 @@ class GoldEncoder:
         if self.convention == "nuggets":
             note = "empty response (scored, as the NUGGETS script does)" if not ex.response.strip() else ""
             return self.ids(nuggets_prompt(ex)[1], special=True), note
-        if not ex.response.strip():
-            return None, "NaN: empty response"
-        enc = self.pairs.encode(ex)  # context + response, exactly tokenized
-        ids = enc.cond + self.ids(_SEPARATOR)
-        if len(ids) > self.candidate_budget:
-            return ids[: self.candidate_budget], f"candidate cut to {self.candidate_budget} of {len(ids)} tokens"
-        return ids, ""
+        enc = self.candidates.encode(ex)  # BOS + context + response, exactly tokenized, within budget
+        if enc.cond is None:
+            return None, enc.note
+        return enc.cond + self.separator, f"candidate: {enc.note}" if enc.note else ""
 
 
 class GoldScorer(Scorer):

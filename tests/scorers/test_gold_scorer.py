@@ -6,6 +6,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from hf_prospector.engine import Request, plan_batches
+from hf_prospector.formats import batch_to_examples
 from hf_prospector.scorers import GoldScorer
 from tests.conftest import requires_smollm2
 
@@ -67,9 +69,7 @@ def test_zero_shot_computed_once_per_task_set(tiny_model_dir, cache):
     passes = engine.forward_passes
     scorer({k: v[:1] for k, v in CANDIDATES.items()})
     # One more candidate: one prefix pass plus the batched task passes, no zero-shot pass.
-    task_batches = len(__import__("hf_prospector.engine", fromlist=["plan_batches"]).plan_batches(
-        [10] * 4, engine.token_budget))
-    assert engine.forward_passes - passes == 1 + task_batches
+    assert engine.forward_passes - passes == 1 + len(plan_batches([10] * 4, engine.token_budget))
     again = GoldScorer(str(tiny_model_dir), task_set=tasks, dtype="float32")  # a new run: read from disk
     again({k: v[:1] for k, v in CANDIDATES.items()})
     assert again.zero_shot_runs == 0 and list((cache / "zero_shot").glob("*.npz"))
@@ -79,7 +79,9 @@ def test_truncation_notes_and_settings(tiny_model_dir, cache):
     scorer = GoldScorer(str(tiny_model_dir), task_set=datasets.Dataset.from_dict(TASKS), dtype="float32",
                         max_length=40, task_max_length=12)
     row = scorer({k: v[:1] for k, v in CANDIDATES.items()})
-    assert "candidate cut to 28" in row["gold_note"][0] and "task(s) truncated" in row["gold_note"][0]
+    note = row["gold_note"][0]
+    assert note.startswith("candidate: ") and "response cut to 16 of 150 tokens" in note
+    assert "3 task(s) truncated" in note
     assert 0 <= row["gold_score"][0] <= 1
     with pytest.raises(ValueError, match="task_set"):
         GoldScorer(str(tiny_model_dir))
@@ -121,18 +123,14 @@ def test_nuggets_convention_equals_reference(tiny_model_dir, cache):
 
 @requires_smollm2
 def test_real_model_candidate_identical_to_task_wins_that_task(cache):
-    tasks = datasets.Dataset.from_dict(TASKS)
-    scorer = GoldScorer(task_set=tasks, dtype="float32")
+    scorer = GoldScorer(task_set=datasets.Dataset.from_dict(TASKS), dtype="float32")
     same = {k: [v[2]] for k, v in TASKS.items()}  # the French translation task itself, as a candidate
     row = scorer(same)
     engine = scorer.engine()
-    enc = scorer._encoder(engine)
-    encoded = scorer._encoded_tasks(enc)
-    zero_sums, _ = scorer.zero_shot(engine, encoded)
-    from hf_prospector.engine import Request
-
-    prefix, _ = enc.candidate(datasets.Dataset.from_dict(same).map(lambda r: r)[0] and
-                              __import__("hf_prospector.formats", fromlist=["x"]).batch_to_examples(same)[0])
-    one = engine.prefixed_logprobs(prefix, [Request(encoded[2].ids, encoded[2].start)])[0].sum()
-    assert one > zero_sums[2] + 1.0  # the answer became clearly more likely
+    encoder = scorer._encoder(engine)
+    tasks = scorer._encoded_tasks(encoder)
+    zero_sums, _ = scorer.zero_shot(engine, tasks)
+    prefix, _ = encoder.candidate(batch_to_examples(same)[0])
+    one = engine.prefixed_logprobs(prefix, [Request(tasks[2].ids, tasks[2].start)])[0].sum()
+    assert one > zero_sums[2] + 1.0  # the answer became clearly more likely: a win on that task
     assert 0 <= row["gold_score"][0] <= 1 and row["gold_score"][0] == row["gold_wins"][0] / row["n_tasks"][0]
