@@ -90,7 +90,10 @@ def plan_batches(lengths: list[int], token_budget: int) -> list[list[int]]:
 
 
 class Engine:
-    """A causal LM on one device, scoring :class:`Request` lists. Shared by every scorer."""
+    """A causal LM on one device, scoring :class:`Request` lists. Shared by every scorer.
+
+    The model is moved to ``device`` and ``dtype`` in place (``nn.Module.to``), as transformers does.
+    """
 
     def __init__(self, model, tokenizer, device: str | torch.device = "cpu", dtype: str | torch.dtype = "auto",
                  token_budget: int | None = None):

@@ -63,3 +63,23 @@ def test_dtype_resolution():
     assert resolve_dtype("auto", torch.device("cpu")) in (torch.float32, torch.bfloat16)
     with pytest.raises(ValueError, match="unknown dtype"):
         resolve_dtype("int3", torch.device("cpu"))
+
+
+def test_out_of_memory_halves_the_micro_batch_and_retries(engine, monkeypatch):
+    rng = np.random.default_rng(1)
+    reqs = [Request(list(rng.integers(3, 300, 10)), 2) for _ in range(6)]
+    expected = engine.logprobs(reqs)
+    real_run = Engine._run_batch
+
+    def small_batches_only(self, batch, past=None):
+        if len(batch) > 2:
+            raise torch.cuda.OutOfMemoryError("simulated")
+        return real_run(self, batch, past)
+
+    monkeypatch.setattr(Engine, "_run_batch", small_batches_only)
+    budget = engine.token_budget
+    got = engine.logprobs(reqs)
+    for a, b in zip(expected, got):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    assert engine.token_budget < budget  # later calls start from the smaller budget
+    engine.token_budget = budget

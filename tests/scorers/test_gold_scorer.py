@@ -8,6 +8,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_prospector.engine import Request, plan_batches
 from hf_prospector.formats import batch_to_examples
+from hf_prospector.models import load_causal_lm
 from hf_prospector.scorers import GoldScorer
 from tests.conftest import requires_smollm2
 
@@ -91,13 +92,15 @@ def test_truncation_notes_and_settings(tiny_model_dir, cache):
 
 
 def nuggets_reference(model, tok, candidate, tasks):
-    """NUGGETS instruction_main.py, straightforwardly: one forward pass per (candidate, task)."""
+    """NUGGETS instruction_main.py, straightforwardly: one forward pass per (candidate, task).
+
+    Returns (wins, mean over tasks of zero-shot minus one-shot mean answer loss)."""
     def prompt(ins, inp, out):
         q = f"Instruction:\n{ins.strip()}\n" + (f"Input:\n{inp.strip()}\n" if inp.strip() else "") + "Response:\n"
         return q, q + out.strip()
 
     ex_ids = tok(prompt(*candidate)[1]).input_ids  # the exemplar with the tokenizer's special tokens
-    wins = 0
+    wins, deltas = 0, []
     for t in zip(*tasks):
         q, full = prompt(*t)
         ids = tok(full, add_special_tokens=False).input_ids[:200]
@@ -105,20 +108,33 @@ def nuggets_reference(model, tok, candidate, tasks):
         zero = full_logprob_sum(model, ids[:end], start)
         one = full_logprob_sum(model, ex_ids + ids[:end], len(ex_ids) + start)
         wins += one > zero
-    return wins
+        deltas.append((one - zero) / (end - start))
+    return wins, float(np.mean(deltas))
+
+
+def check_nuggets(model_name, model, tok, candidates):
+    scorer = GoldScorer(model_name, task_set=datasets.Dataset.from_dict(TASKS), convention="nuggets",
+                        dtype="float32")
+    out = datasets.Dataset.from_dict(candidates).map(scorer, batched=True)
+    tasks = (TASKS["instruction"], TASKS["input"], TASKS["output"])
+    for i, row in enumerate(out):
+        cand = (candidates["instruction"][i], candidates["input"][i], candidates["output"][i])
+        wins, delta = nuggets_reference(model, tok, cand, tasks)
+        assert row["gold_wins"] == wins and row["gold_delta"] == pytest.approx(delta, abs=1e-4)
+    return out
 
 
 def test_nuggets_convention_equals_reference(tiny_model_dir, cache):
-    scorer = GoldScorer(str(tiny_model_dir), task_set=datasets.Dataset.from_dict(TASKS), convention="nuggets",
-                        dtype="float32")
-    out = datasets.Dataset.from_dict(CANDIDATES).map(scorer, batched=True)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    tasks = (TASKS["instruction"], TASKS["input"], TASKS["output"])
-    for i in range(3):
-        cand = (CANDIDATES["instruction"][i], CANDIDATES["input"][i], CANDIDATES["output"][i])
-        assert out[i]["gold_wins"] == nuggets_reference(model, tok, cand, tasks)
+    out = check_nuggets(str(tiny_model_dir), model, tok, CANDIDATES)
     assert "scored, as the NUGGETS script does" in out[2]["gold_note"]
+
+
+@requires_smollm2
+def test_nuggets_convention_equals_reference_on_smollm2(cache):
+    model, tok = load_causal_lm()  # a fresh float32 copy: engines move models to their dtype in place
+    check_nuggets(None, model, tok, {k: v[:2] for k, v in CANDIDATES.items()})
 
 
 @requires_smollm2
