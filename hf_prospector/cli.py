@@ -25,6 +25,7 @@ from pathlib import Path
 from .recipes import (DiversitySpec, InputSpec, PublishSpec, Recipe, RecipeError, RefineSpec, RunSpec, ScoreSpec,
                       SelectSpec, check_recipe, load_recipe)
 from .runner import DEFAULT_BATCH_SIZE, DEFAULT_PART_ROWS, DEFAULT_PART_SECONDS, RunMismatchError
+from .sources import load_rows
 
 # Score-table columns per scorer (the note column is shown last).
 TABLE_COLUMNS = {"ifd": ("ifd", "ifd_loss", "ppl_cond", "ppl_uncond", "n_response_tokens"),
@@ -35,8 +36,6 @@ NOTE_COLUMNS = {"ifd": "ifd_note", "gold": "gold_note"}
 # -- steps shared by the subcommands and recipes ----------------------------------------------------------
 def load_input(spec: InputSpec):
     """``(rows, name)``: a Dataset (IterableDataset when streaming) and how the manifest and card name it."""
-    from .sources import load_rows
-
     rows = load_rows(spec.source, split=spec.split, streaming=spec.streaming)
     name = f"{spec.source} (split {spec.split})"
     if spec.limit is not None:
@@ -76,7 +75,7 @@ def score_step(inp: InputSpec, spec: ScoreSpec, run: RunSpec, fresh: bool = Fals
                                 part_rows=run.part_rows, part_seconds=run.part_seconds, fresh=fresh)
     if scored is not None:
         if show:
-            print_table(scored, spec.scorer, show)
+            print_table(scored, spec, show)
         print(f"\n{summary.to_text()}")
     return scored, scorer, name
 
@@ -147,18 +146,22 @@ def effective_threshold(selected, spec: SelectSpec) -> dict | None:
     return {rule.column: float(max(values) if rule.lowest else min(values))}
 
 
-def print_table(ds, scorer: str, limit: int, width: int = 44) -> None:
+def print_table(ds, spec: ScoreSpec, limit: int, width: int = 44) -> None:
     """The first ``limit`` rows: the instruction, the scorer's main columns and its note."""
-    from .formats import batch_to_examples
+    from .formats import ColumnMapping, batch_to_examples
 
-    columns = [c for c in TABLE_COLUMNS.get(scorer, ()) if c in ds.column_names]
-    note = NOTE_COLUMNS.get(scorer)
+    columns = [c for c in TABLE_COLUMNS[spec.scorer] if c in ds.column_names]
+    widths = [max(len(c), 10) for c in columns]
+    note = NOTE_COLUMNS[spec.scorer]
     rows = ds.select(range(min(limit, len(ds))))
-    labels = [ex.instruction.replace("\n", " ")[:width] for ex in batch_to_examples(rows[:])]
-    print(f"{'row_id':>6}  {'instruction':<{width}}  " + "  ".join(f"{c:>17}" for c in columns) + "  note")
+    mapping = ColumnMapping(**spec.columns) if spec.columns else None
+    labels = [ex.instruction.replace("\n", " ")[:width] for ex in batch_to_examples(rows[:], mapping, turn=spec.turn)]
+    print(f"{'row_id':>6}  {'instruction':<{width}}  " + "  ".join(f"{c:>{w}}" for c, w in zip(columns, widths))
+          + "  note")
     for label, row in zip(labels, rows):
-        cells = "  ".join(f"{row[c]:>17.4f}" if isinstance(row[c], float) else f"{row[c]:>17}" for c in columns)
-        print(f"{row['row_id']!s:>6}  {label:<{width}}  {cells}  {row.get(note, '') or ''}")
+        cells = "  ".join(f"{row[c]:>{w}.4f}" if isinstance(row[c], float) else f"{row[c]:>{w}}"
+                          for c, w in zip(columns, widths))
+        print(f"{row['row_id']!s:>6}  {label:<{width}}  {cells}  {row.get(note) or ''}")
     if len(ds) > limit:
         print(f"... {len(ds) - limit} more rows")
 
@@ -172,17 +175,11 @@ def save_rows(ds, path: str) -> None:
         ds.save_to_disk(path)
 
 
-def read_rows(path: str):
-    from .sources import load_rows
-
-    return load_rows(path)
-
-
 # -- subcommands -----------------------------------------------------------------------------------------
 def cmd_score(args) -> None:
     refine = None if args.refine_k is None else RefineSpec(args.refine_k, args.refine_sample, args.refine_seed,
                                                            args.encoder)
-    columns = dict(pair.split("=", 1) for pair in args.columns.split(",")) if args.columns else None
+    columns = _pairs(args.columns, "--columns") if args.columns else None
     recipe = Recipe(
         score=ScoreSpec(args.scorer, args.model, args.revision, args.convention, args.template, args.max_length,
                         args.min_response_tokens, args.dtype, args.device, args.token_budget, columns, args.turn,
@@ -211,14 +208,14 @@ def cmd_select(args) -> None:
                          threshold=args.threshold, lowest=args.lowest,
                          ifd_max=None if args.no_ifd_max else args.ifd_max, ifd_max_inclusive=args.ifd_max_inclusive)
     diversity = None if args.diversity is None else DiversitySpec(_count_or_fraction(args.diversity), args.encoder)
-    select_step(read_rows(args.scored), SelectSpec(rule, diversity, args.output))
+    select_step(load_rows(args.scored), SelectSpec(rule, diversity, args.output))
 
 
 def cmd_card(args) -> None:
     from .publishing import write_card
 
-    selected = read_rows(args.selected) if args.selected else None
-    path = write_card(read_rows(args.scored), args.out, selected=selected,
+    selected = load_rows(args.selected) if args.selected else None
+    path = write_card(load_rows(args.scored), args.out, selected=selected,
                       provenance={"source": args.source or args.scored}, license=args.license)
     print(f"dataset card written to {path}")
 
@@ -226,9 +223,9 @@ def cmd_card(args) -> None:
 def cmd_publish(args) -> None:
     target = PublishSpec(path=None if args.hub else args.target, hub=args.target if args.hub else None,
                          revision=args.revision, create_pr=args.create_pr, private=args.private, license=args.license)
-    scored = read_rows(args.scored) if args.scored else None
+    scored = load_rows(args.scored) if args.scored else None
     facts = {"source": args.source or args.selected, "selection_rule_slug": args.rule}
-    publish_step(read_rows(args.selected), scored, target, {k: v for k, v in facts.items() if v}, None)
+    publish_step(load_rows(args.selected), scored, target, {k: v for k, v in facts.items() if v}, None)
 
 
 def cmd_report(args) -> None:
@@ -238,12 +235,12 @@ def cmd_report(args) -> None:
         if len(args.inputs) != 2:
             raise ValueError(f"report compare takes two scored datasets (A B), got {len(args.inputs)}")
         names = tuple(args.names) if args.names else tuple(args.inputs)
-        report = reports.compare(read_rows(args.inputs[0]), read_rows(args.inputs[1]), names=names, out_dir=args.out)
+        report = reports.compare(load_rows(args.inputs[0]), load_rows(args.inputs[1]), names=names, out_dir=args.out)
     else:
         named = {}
         for item in args.inputs:
             name, sep, path = item.partition("=")
-            named[name if sep else Path(item).name] = read_rows(path if sep else item)
+            named[name if sep else Path(item).name] = load_rows(path if sep else item)
         report = reports.assess(named, out_dir=args.out, fraction=args.fraction)
     print(report.to_markdown())
     if args.out:
@@ -256,7 +253,9 @@ def cmd_run(args) -> None:
         print(f"{args.recipe}: valid ({recipe.score.scorer} scorer, model {recipe.score.model or 'default'}, "
               f"{len(recipe.select)} selection(s))")
         return
-    if recipe.description:
+    from .runner import process_state
+
+    if recipe.description and process_state().is_main_process:
         print(recipe.description)
     scored, scorer, source = score_step(recipe.input, recipe.score, recipe.run, fresh=args.fresh, show=recipe.show)
     if scored is None:  # not the main process: its share of the scoring is done
@@ -269,6 +268,15 @@ def cmd_run(args) -> None:
 
 
 # -- the parser ------------------------------------------------------------------------------------------
+def _pairs(text: str, option: str) -> dict[str, str]:
+    pairs = [item.partition("=") for item in text.split(",")]
+    bad = [key for key, sep, value in pairs if not (sep and key and value)]
+    if bad:
+        raise ValueError(f"{option} takes KEY=COLUMN pairs separated by commas (e.g. instruction=question,"
+                         f"response=answer), got {text!r}")
+    return {key.strip(): value.strip() for key, _, value in pairs}
+
+
 def _count_or_fraction(text: str) -> int | float:
     return float(text) if any(c in text for c in ".eE") else int(text)
 
@@ -380,8 +388,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except (RecipeError, RunMismatchError, FileNotFoundError, KeyError, ValueError) as err:
-        print(f"hf-prospector {args.command}: error: {err}", file=sys.stderr)
+    except (RecipeError, RunMismatchError, FileNotFoundError, FileExistsError, KeyError, ValueError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err  # KeyError's str() adds quotes
+        print(f"hf-prospector {args.command}: error: {message}", file=sys.stderr)
         return 2
     return 0
 

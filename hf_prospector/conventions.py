@@ -33,22 +33,18 @@ from .encoding import TEMPLATES, EncodedRow, PairEncoder, render_context
 from .formats import Example
 
 
-
 @dataclass(frozen=True)
 class Convention:
     """What a convention fixes: the ``template`` (None: the user picks one) and the default ``max_length``."""
 
     template: str | None
     max_length: int
-    source: str
 
 
 CONVENTIONS = {
-    "exact": Convention(None, 1024, "hf_prospector's exact encoding (hf_prospector.encoding)"),
-    "superfiltering": Convention("plain", 1024, "Superfiltering (Li et al., ACL 2024), tianyi-lab/Superfiltering "
-                                                "code_ifd/data_analysis.py"),
-    "cherry": Convention("alpaca", 512, "Cherry LLM (Li et al., NAACL 2024), tianyi-lab/Cherry_LLM "
-                                        "cherry_seletion/data_analysis.py + data_by_IFD.py"),
+    "exact": Convention(None, 1024),
+    "superfiltering": Convention("plain", 1024),  # Superfiltering's default; its scripts use GPT-2
+    "cherry": Convention("alpaca", 512),  # the Cherry README's --max_length 512
 }
 DEFAULT_TEMPLATE = "plain"
 DEFAULT_MIN_RESPONSE_TOKENS = 16
@@ -108,7 +104,7 @@ class ScriptEncoder:
 
     def response_span(self, text: str, response: str, max_length: int) -> tuple[list[int], int, bool]:
         """The scripts' ``part_text``: ids of ``text`` cut to ``max_length``, where the response starts, and
-        whether the cut took response tokens.
+        whether ``text`` was cut.
 
         The start is the length of ``encode(text[:text.rfind(response)])``, uncut and with special tokens.
         """

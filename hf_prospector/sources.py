@@ -1,4 +1,4 @@
-"""Where rows come from: a Hub id, a local json/jsonl/parquet/csv file, a saved dataset, or the demo rows."""
+"""Where rows come from: a Hub id, a json/jsonl/parquet/csv file (local or a URL), a saved dataset, or the demo rows."""
 
 from __future__ import annotations
 
@@ -16,6 +16,9 @@ def load_rows(source: str | None, split: str = "train", streaming: bool = False)
     source = source or "demo"
     if source in DEMO_FILES:
         source = str(resources.files("hf_prospector") / DEMO_FILES[source])
+    suffix = Path(source.split("?")[0]).suffix
+    if source.startswith(("http://", "https://")) and suffix in _FILE_KINDS:  # a data file on the web
+        return datasets.load_dataset(_FILE_KINDS[suffix], data_files=source, split="train", streaming=streaming)
     path = Path(source)
     if path.is_dir() and (path / "dataset_info.json").exists():
         ds = datasets.load_from_disk(str(path))

@@ -41,7 +41,7 @@ CHERRY_PROMPT = {
 }
 
 
-def _prompt(templates: dict, row: dict) -> str:
+def prompt(templates: dict, row: dict) -> str:
     input_i = row["input"] if "input" in row.keys() else ""
     if input_i == "":
         return templates["prompt_no_input"].format_map({"instruction": row["instruction"]})
@@ -52,14 +52,15 @@ def _prompt(templates: dict, row: dict) -> str:
 def superfiltering_row(model, tokenizer, row: dict, max_length: int = 1024) -> dict:
     """Superfiltering's losses of one row: ``loss_cond`` masks the prompt, ``loss_uncond`` is the output alone."""
     output_i = row["output"]
-    prompt = _prompt(SUPERFILTERING_PROMPT, row)
-    whole_text = prompt + output_i
-    instruct_len = tokenizer.encode(prompt, return_tensors="pt", truncation=True, max_length=max_length).shape[1]
+    prompt_i = prompt(SUPERFILTERING_PROMPT, row)
+    whole_text = prompt_i + output_i
+    instruct_len = tokenizer.encode(prompt_i, return_tensors="pt", truncation=True, max_length=max_length).shape[1]
     if output_i == "":
         return dict(NAN_ROW)  # the script writes {} and the IFD becomes NaN
 
     # get_perplexity_and_embedding_whole_text
-    input_ids = tokenizer.encode(output_i, return_tensors="pt", truncation=True, max_length=max_length - instruct_len + 1)
+    input_ids = tokenizer.encode(output_i, return_tensors="pt", truncation=True,
+                                 max_length=max_length - instruct_len + 1)
     loss_alone = model(input_ids, labels=input_ids.contiguous()).loss.item()
 
     # get_perplexity_and_embedding_part_text
@@ -94,10 +95,10 @@ def _loss_part_text(tokenizer, text: str, target_span: str, max_length: int, los
 def cherry_row(model, tokenizer, row: dict, max_length: int = 512) -> dict:
     """Cherry LLM's mean response losses of one row, NaN where ``data_by_IFD.py`` skips it (IFD > 1 is kept)."""
     output_i = row["output"]
-    prompt = _prompt(CHERRY_PROMPT, row)
-    whole_text = prompt + output_i
+    prompt_i = prompt(CHERRY_PROMPT, row)
+    whole_text = prompt_i + output_i
     direct_answer_text = "### Response:" + output_i
-    instruct_len = tokenizer.encode(prompt, return_tensors="pt", truncation=True, max_length=max_length).shape[1]
+    instruct_len = tokenizer.encode(prompt_i, return_tensors="pt", truncation=True, max_length=max_length).shape[1]
     if not max_length - instruct_len > 0:
         return dict(NAN_ROW)
     budget_1 = max_length - instruct_len + 4

@@ -1,5 +1,6 @@
 """Paper conventions: IFDScorer(convention=...) reproduces the papers' scripts, row for row."""
 
+import itertools
 import json
 import math
 import shutil
@@ -13,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_prospector.publishing.card import make_card
 from hf_prospector.scorers import IFDScorer
-from tests.scorers.paper_reference import cherry_row, superfiltering_row
+from tests.scorers.paper_reference import CHERRY_PROMPT, SUPERFILTERING_PROMPT, cherry_row, prompt, superfiltering_row
 from tests.tiny import build_tiny_model
 
 REFERENCES = {"superfiltering": superfiltering_row, "cherry": cherry_row}
@@ -91,12 +92,15 @@ def test_tiny_model_equals_script_reference(convention, max_length, tokenizer_ki
 
 def test_tiny_budgets_reach_the_edge_cases(tiny_model_dir):
     folder = str(tiny_model_dir)
+    tok = AutoTokenizer.from_pretrained(folder)
+    n_prompt = {name: [len(tok(prompt(templates, row)).input_ids) for row in ROWS]
+                for name, templates in (("superfiltering", SUPERFILTERING_PROMPT), ("cherry", CHERRY_PROMPT))}
     superfiltering = score(folder, ROWS, convention="superfiltering", max_length=40)["ifd_note"]
-    assert superfiltering[2] == "response cut to 8 tokens by max_length=40"
-    assert superfiltering[3].startswith("NaN: the prompt (161 tokens) leaves no response token")
+    assert superfiltering[2] == f"response cut to {40 - n_prompt['superfiltering'][2]} tokens by max_length=40"
+    assert superfiltering[3].startswith("NaN: the prompt") and n_prompt["superfiltering"][3] > 40
     assert superfiltering[4].startswith("NaN: the response alone is one token")
     cherry = score(folder, ROWS, convention="cherry", max_length=96)["ifd_note"]
-    assert cherry[0] == "response cut to 13 tokens by max_length=96"
+    assert cherry[0] == f"response cut to {96 - n_prompt['cherry'][0]} tokens by max_length=96"
     assert cherry[1] == "NaN: the prompt fills max_length=96 (the Cherry scripts skip the row)"
     assert score(folder, ROWS, convention="cherry", max_length=150)["ifd_note"][2].startswith("response cut to")
 
@@ -137,7 +141,19 @@ def test_every_convention_gives_nan_for_the_same_empty_responses(tiny_model_dir)
     # Otherwise the conventions score different things: no two give the same IFD on a row.
     for i in (0, 1, 6):
         values = [scored[c][i]["ifd"] for c in scored]
-        assert min(abs(a - b) for a in values for b in values if a is not b) > 1e-4, values
+        assert min(abs(a - b) for a, b in itertools.combinations(values, 2)) > 1e-4, values
+
+
+@pytest.mark.parametrize("convention", ["superfiltering", "cherry"])
+def test_chat_rows_score_like_the_same_alpaca_rows(convention, tiny_model_dir):
+    """A single-turn conversation is an instruction without input, so it gets the Alpaca row's scores."""
+    rows = [r for r in ROWS[:5] if not r["input"]]
+    conversations = [[{"from": "human", "value": r["instruction"]}, {"from": "gpt", "value": r["output"]}] for r in rows]
+    alpaca = score(str(tiny_model_dir), rows, convention=convention)
+    chat = score(str(tiny_model_dir), [{"conversations": c} for c in conversations], convention=convention)
+    assert alpaca["ifd_note"] == chat["ifd_note"]
+    for column in ("loss_cond", "loss_uncond"):
+        assert alpaca[column] == pytest.approx(chat[column], abs=1e-6, nan_ok=True)
 
 
 def test_defaults_conflicts_and_settings():
@@ -159,10 +175,10 @@ def test_defaults_conflicts_and_settings():
 
 
 def test_convention_in_fingerprint_and_card(tiny_model_dir, tmp_path):
-    hashes = {c: Hasher.hash(IFDScorer(str(tiny_model_dir), convention=c, template="plain" if c != "cherry" else None,
-                                       max_length=512)) for c in ("exact", "superfiltering", "cherry")}
+    hashes = {c: Hasher.hash(IFDScorer(str(tiny_model_dir), convention=c, max_length=512))
+              for c in ("exact", "superfiltering", "cherry")}
     assert len(set(hashes.values())) == 3
-    assert Hasher.hash(IFDScorer(str(tiny_model_dir), convention="cherry")) == hashes["cherry"]
+    assert Hasher.hash(IFDScorer(str(tiny_model_dir), convention="cherry")) == hashes["cherry"]  # 512 is its default
     scorer = IFDScorer(str(tiny_model_dir), convention="superfiltering", dtype="float32")
     scored = datasets.Dataset.from_list(ROWS[:2]).map(scorer, batched=True)
     card = make_card(scored, None, scorer.settings(), tmp_path)
@@ -171,17 +187,19 @@ def test_convention_in_fingerprint_and_card(tiny_model_dir, tmp_path):
 
 # -- the real SmolLM2-135M ---------------------------------------------------------------------------------------
 def real_rows(shared_dir):
-    """About twelve real rows (with and without input), plus an empty output and a leading-space output."""
+    """Seven real rows (with and without input), plus an empty, a leading-space and a long output."""
     path = shared_dir / "alpaca_52k.json" if shared_dir is not None else None
     if path is not None and path.exists():
-        rows = json.loads(path.read_text())[:12]
+        rows = json.loads(path.read_text())[:7]
     else:
         text = resources.files("hf_prospector").joinpath("data/demo_alpaca.jsonl").read_text()
-        rows = [json.loads(line) for line in text.splitlines()][:12]
+        rows = [json.loads(line) for line in text.splitlines()][:7]
     rows = [{"instruction": r["instruction"], "input": r.get("input") or "", "output": r["output"]} for r in rows]
     assert any(r["input"] for r in rows) and any(not r["input"] for r in rows)
+    long_output = "\n\n".join(r["output"] for r in rows[:4])
     return rows + [{"instruction": "Name a colour.", "input": "", "output": ""},
-                   {"instruction": "Name a colour.", "input": "", "output": " Blue, like the sky."}]
+                   {"instruction": "Name a colour.", "input": "", "output": " Blue, like the sky."},
+                   {"instruction": "Answer the four questions.", "input": "", "output": long_output}]
 
 
 @pytest.fixture(scope="module")
@@ -194,10 +212,14 @@ def real(request):
 
 
 @pytest.mark.parametrize("convention", ["superfiltering", "cherry"])
-@pytest.mark.parametrize("max_length", [None, 128])
+@pytest.mark.parametrize("max_length", [None, 96])
 def test_smollm2_equals_script_reference(convention, max_length, smollm2, real):
     model, tokenizer = smollm2
     scored = score(None, real, convention=convention, max_length=max_length)
     length = max_length or {"superfiltering": 1024, "cherry": 512}[convention]
     assert_matches_reference(scored, model, tokenizer, convention, length)
-    assert math.isnan(scored[-2]["ifd"]) and sum(math.isfinite(v) for v in scored["ifd"]) >= len(real) // 2
+    assert scored[-3]["ifd_note"] == "NaN: empty response"
+    assert sum(math.isfinite(v) for v in scored["ifd"]) >= 3  # not a comparison of NaNs
+    if max_length == 96:  # SmolLM2's "### Response:" is 3 tokens, so Cherry's +4 budget skips cut rows
+        expected = "response cut to" if convention == "superfiltering" else "plus unconditioned response"
+        assert any(expected in note for note in scored["ifd_note"])

@@ -1,0 +1,172 @@
+"""The subcommands on small inputs: each result checked against a computation written here."""
+
+import json
+import math
+
+import datasets
+import numpy as np
+import pytest
+
+from hf_prospector.cli import main
+from hf_prospector.publishing import list_revisions
+from hf_prospector.scorers import GoldScorer
+from hf_prospector.sources import load_rows
+
+RNG = np.random.default_rng(7)
+N = 40
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory):
+    """Rows with IFD-like scores (some >= 1, one NaN, ties), saved to disk as the score command would."""
+    ifd = np.round(RNG.uniform(0.2, 1.3, N), 2)
+    ifd[5] = math.nan
+    ppl_uncond = RNG.uniform(2, 50, N)
+    ds = datasets.Dataset.from_dict({
+        "row_id": list(range(N)), "instruction": [f"Task {i}: say {i}." for i in range(N)],
+        "input": [""] * N, "output": [f"The answer is {i}." for i in range(N)],
+        "ifd": ifd.tolist(), "ppl_cond": (ifd * ppl_uncond).tolist(), "ppl_uncond": ppl_uncond.tolist(),
+        "ifd_note": ["NaN: empty response" if i == 5 else "" for i in range(N)]})
+    path = tmp_path_factory.mktemp("scored") / "scored"
+    ds.save_to_disk(str(path))
+    return path, ds
+
+
+def top_fraction_by_hand(values, fraction):
+    """Row ids of the top floor(fraction * eligible) finite values below 1, highest first, ties to the earlier row."""
+    eligible = [i for i, v in enumerate(values) if math.isfinite(v) and v < 1]
+    ranked = sorted(eligible, key=lambda i: (-values[i], i))
+    return ranked[: math.floor(fraction * len(eligible) + 1e-9)]
+
+
+def test_select_top_fraction(scored, tmp_path, capsys):
+    path, ds = scored
+    out = tmp_path / "top.parquet"
+    assert main(["select", str(path), "--column", "ifd", "--top-fraction", "0.3", "--output", str(out)]) == 0
+    kept = datasets.Dataset.from_parquet(str(out))
+    assert kept["row_id"] == top_fraction_by_hand(ds["ifd"], 0.3)
+    assert f"kept {len(kept)} of {N} rows" in capsys.readouterr().out
+
+
+def test_select_threshold_lowest_and_unbounded(scored, tmp_path):
+    path, ds = scored
+    assert main(["select", str(path), "--threshold", "0.5", "--lowest", "--output", str(tmp_path / "low")]) == 0
+    expected = sorted((i for i, v in enumerate(ds["ifd"]) if v < 0.5), key=lambda i: (ds["ifd"][i], i))
+    assert datasets.load_from_disk(str(tmp_path / "low"))["row_id"] == expected
+    assert main(["select", str(path), "--top-n", "3", "--no-ifd-max", "--output", str(tmp_path / "any")]) == 0
+    finite = [i for i, v in enumerate(ds["ifd"]) if math.isfinite(v)]
+    assert datasets.load_from_disk(str(tmp_path / "any"))["row_id"] == sorted(finite, key=lambda i: (-ds["ifd"][i], i))[:3]
+
+
+def test_select_errors_name_the_problem(scored, tmp_path, capsys):
+    path, _ = scored
+    assert main(["select", str(path), "--column", "gold_score", "--top-n", "3", "--output", str(tmp_path / "x")]) == 2
+    assert "no score column 'gold_score'" in capsys.readouterr().err
+
+
+def test_select_with_diversity(scored, tmp_path, minilm):
+    path, ds = scored
+    out = tmp_path / "diverse"
+    assert main(["select", str(path), "--top-fraction", "0.5", "--diversity", "4", "--output", str(out)]) == 0
+    kept = datasets.load_from_disk(str(out))
+    assert len(kept) == 4 and set(kept["row_id"]) <= set(top_fraction_by_hand(ds["ifd"], 0.5))
+    assert not any(c.startswith("embedding_") for c in kept.column_names)
+    assert sorted(kept["fl_rank"]) == [0, 1, 2, 3]
+
+
+def test_card_and_publish(scored, tmp_path, capsys):
+    path, ds = scored
+    assert main(["select", str(path), "--top-n", "5", "--output", str(tmp_path / "sel")]) == 0
+    assert main(["card", str(path), "--selected", str(tmp_path / "sel"), "--out", str(tmp_path / "card"),
+                 "--source", "my-rows"]) == 0
+    card = (tmp_path / "card" / "README.md").read_text()
+    top5 = sorted((v for v in ds["ifd"] if v < 1), reverse=True)[:5]
+    assert "| source | my-rows |" in card and f"| ifd | selected | 5 | 0 | {min(top5):g} |" in card
+    assert (tmp_path / "card" / "figures" / "ifd_histogram.png").exists()
+
+    repo = tmp_path / "repo"
+    assert main(["publish", str(tmp_path / "sel"), str(repo), "--scored", str(path), "--rule", "ifd-top5",
+                 "--source", "my-rows"]) == 0
+    assert "revision select-ifd-top5" in capsys.readouterr().out
+    assert [r.name for r in list_revisions(repo)] == ["main", "select-ifd-top5"]
+    published = datasets.load_dataset(str(repo), split="train")
+    assert published["row_id"] == datasets.load_from_disk(str(tmp_path / "sel"))["row_id"]
+
+
+def test_report_compare_and_assess(scored, tmp_path, capsys):
+    path, ds = scored
+    noisy = ds.map(lambda row: {"ifd": row["ifd"] * (1.01 if row["row_id"] % 2 else 0.99)})
+    noisy.save_to_disk(str(tmp_path / "b"))
+    assert main(["report", "compare", str(path), str(tmp_path / "b"), "--names", "small", "large",
+                 "--out", str(tmp_path / "cmp")]) == 0
+    text = capsys.readouterr().out
+    assert "# Score consistency: small vs large" in text and (tmp_path / "cmp" / "report.md").exists()
+    assert main(["report", "assess", f"mine={path}", "--out", str(tmp_path / "assess"), "--fraction", "0.1"]) == 0
+    assert (tmp_path / "assess" / "report.md").exists() and "mine" in capsys.readouterr().out
+
+
+def test_taskset_saves_the_rows(tmp_path):
+    tasks = load_rows("demo").select(range(6))
+    tasks.to_json(str(tmp_path / "tasks.jsonl"))
+    assert main(["taskset", str(tmp_path / "tasks.jsonl"), "--output", str(tmp_path / "ts.parquet")]) == 0
+    assert datasets.Dataset.from_parquet(str(tmp_path / "ts.parquet"))["instruction"] == tasks["instruction"]
+
+
+def test_taskset_refined(tmp_path, minilm):
+    load_rows("demo").to_json(str(tmp_path / "tasks.jsonl"))
+    assert main(["taskset", str(tmp_path / "tasks.jsonl"), "--output", str(tmp_path / "ts"), "--refine-k", "3",
+                 "--refine-sample", "10"]) == 0
+    refined = datasets.load_from_disk(str(tmp_path / "ts"))
+    assert len(refined) == 3 and refined["cluster"] == [0, 1, 2]
+
+
+def test_score_gold_equals_the_scorer(tiny_model_dir, tmp_path, capsys):
+    rows = load_rows("demo").select(range(4))
+    rows.to_json(str(tmp_path / "rows.jsonl"))
+    tasks = load_rows("demo").select(range(10, 13))
+    tasks.to_json(str(tmp_path / "tasks.jsonl"))
+    out = tmp_path / "gold"
+    assert main(["score", str(tmp_path / "rows.jsonl"), "--scorer", "gold", "--task-set", str(tmp_path / "tasks.jsonl"),
+                 "--model", str(tiny_model_dir), "--dtype", "float32", "--max-length", "256", "--task-max-length",
+                 "64", "--output", str(out), "--batch-size", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "gold_score" in printed and "rows: 4 (4 scored now" in printed
+    got = datasets.load_from_disk(str(out))
+    reference = rows.map(GoldScorer(str(tiny_model_dir), task_set=str(tmp_path / "tasks.jsonl"), dtype="float32",
+                                    max_length=256, task_max_length=64), batched=True, batch_size=2)
+    assert got["row_id"] == [0, 1, 2, 3] and got["n_tasks"] == reference["n_tasks"] == [3] * 4
+    np.testing.assert_allclose(got["gold_score"], reference["gold_score"])
+    np.testing.assert_allclose(got["gold_delta"], reference["gold_delta"], rtol=1e-5)
+
+
+def test_score_refuses_to_mix_settings_and_says_what_to_do(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "scored"
+    work = tmp_path / "scored.parts"
+    work.mkdir()
+    (work / "part-000000000000-000000000001.parquet").write_bytes(b"")  # unfinished work of another run
+    (work / "manifest.json").write_text(json.dumps({"format": 1, "identity": {"scorer": {"model": "other"}}}))
+    args = ["score", "demo", "--model", str(tiny_model_dir), "--output", str(out), "--limit", "2", "--show", "0"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "another run" in err and "--fresh" in err
+    assert main(args + ["--fresh"]) == 0
+    assert datasets.load_from_disk(str(out))["row_id"] == [0, 1]
+
+
+def test_score_rejects_bad_options(capsys):
+    assert main(["score", "demo", "--template", "fancy"]) == 2
+    assert "unknown template 'fancy'" in capsys.readouterr().err
+
+
+def test_score_column_mapping_option(tiny_model_dir, tmp_path, capsys):
+    datasets.Dataset.from_dict({"q": ["Say hi.", "Count to three."], "a": ["hi", "one two three"]}).to_json(
+        str(tmp_path / "qa.jsonl"))
+    args = ["score", str(tmp_path / "qa.jsonl"), "--model", str(tiny_model_dir), "--output", str(tmp_path / "out"),
+            "--show", "2"]
+    assert main(args + ["--columns", "instruction:q,response:a"]) == 2
+    assert "--columns takes KEY=COLUMN pairs" in capsys.readouterr().err
+    assert main(args + ["--columns", "instruction=q,response=a"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert "Say hi." in table[1] and "Count to three." in table[2]  # the table reads the mapped columns
+    scored = datasets.load_from_disk(str(tmp_path / "out"))
+    assert scored.column_names[:3] == ["row_id", "q", "a"] and all(math.isfinite(v) for v in scored["ifd"])

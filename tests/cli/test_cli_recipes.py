@@ -1,0 +1,122 @@
+"""Recipes: every shipped recipe validates; a wrong key, type or value fails naming the file and the key."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hf_prospector.cli import main
+from hf_prospector.recipes import Recipe, RecipeError, load_recipe, parse_recipe
+from hf_prospector.selection import SelectionRule
+
+RECIPES = sorted((Path(__file__).resolve().parents[2] / "recipes").glob("*.yaml"))
+PAPER_RECIPES = {"superfiltering", "superfiltering_diversity", "cherry_ifd", "nuggets", "supernuggets"}
+
+
+def test_the_recipes_are_all_there():
+    assert {p.stem for p in RECIPES} == PAPER_RECIPES | {"quickstart"}
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_every_recipe_validates(path, capsys):
+    recipe = load_recipe(path)
+    assert isinstance(recipe, Recipe) and recipe.select and recipe.publish is not None
+    assert main(["run", str(path), "--check"]) == 0
+    assert f"{path}: valid" in capsys.readouterr().out
+
+
+def test_paper_settings():
+    superfiltering = load_recipe(RECIPES[[p.stem for p in RECIPES].index("superfiltering")])
+    assert (superfiltering.score.model, superfiltering.score.convention) == ("gpt2", "superfiltering")
+    assert [s.rule for s in superfiltering.select] == [SelectionRule("ifd", top_fraction=f) for f in (0.05, 0.10, 0.15)]
+    recipes = {p.stem: load_recipe(p) for p in RECIPES}
+    diverse = recipes["superfiltering_diversity"].select[0]
+    assert (diverse.rule.top_fraction, diverse.diversity.k) == (0.20, 0.02)
+    cherry = recipes["cherry_ifd"]
+    assert cherry.score.convention == "cherry" and {s.rule.column for s in cherry.select} == {"ifd_loss"}
+    nuggets = recipes["nuggets"]
+    assert nuggets.score.scorer == "gold" and nuggets.select[0].rule == SelectionRule("gold_score", threshold=0.85)
+    supernuggets = recipes["supernuggets"].score
+    assert supernuggets.model == "facebook/opt-125m"
+    assert (supernuggets.refine_task_set.k, supernuggets.refine_task_set.sample) == (100, 1000)
+    quickstart = recipes["quickstart"]
+    assert quickstart.input.source == "demo" and quickstart.score.model == "smollm2-135m"
+    assert quickstart.publish.path and quickstart.select[0].rule.top_fraction == 0.25
+
+
+def write(tmp_path, text: str) -> Path:
+    path = tmp_path / "x.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_unknown_key_is_named_with_what_is_allowed(tmp_path):
+    path = write(tmp_path, "score:\n  scorer: ifd\n  tempalte: alpaca\n")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: unknown key 'score.tempalte'")
+    assert "did you mean 'template'?" in message and "allowed: scorer, model, revision, convention, template" in message
+
+
+def test_unknown_key_in_a_list_item_and_at_the_top(tmp_path):
+    with pytest.raises(RecipeError, match=r"unknown key 'select\[1\]\.rule\.top_fractoin'"):
+        parse_recipe({"score": {"scorer": "ifd"},
+                      "select": [{"rule": {"top_fraction": 0.1}}, {"rule": {"top_fractoin": 0.1}}]})
+    with pytest.raises(RecipeError, match=r"unknown key 'scorer'.*allowed: score, description, input"):
+        parse_recipe({"scorer": {"scorer": "ifd"}})
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"score": {"scorer": "ifd", "max_length": "long"}}, r"score\.max_length: expected an integer or null, got 'long' \(str\)"),
+    ({"score": {"scorer": "ifd", "max_length": True}}, r"score\.max_length: expected an integer or null, got True"),
+    ({"score": {"scorer": "ifd"}, "run": {"part_seconds": "5"}}, r"run\.part_seconds: expected a number, got '5'"),
+    ({"score": {"scorer": "ifd"}, "input": {"streaming": "yes"}}, r"input\.streaming: expected true or false"),
+    ({"score": {"scorer": "ifd"}, "select": {"rule": {}}}, r"select: expected a list"),
+    ({"score": {"scorer": "ifd", "columns": ["q"]}}, r"score\.columns: expected a mapping"),
+    ({"score": "ifd"}, r"score: expected a mapping of keys, got 'ifd'"),
+    ({"score": {"scorer": "ifd", "refine_task_set": {"k": 1}}}, r"score\.refine_task_set applies to scorer 'gold'"),
+    ({"score": {"scorer": "gold", "refine_task_set": {"kk": 1}}}, r"unknown key 'score\.refine_task_set\.kk'"),
+])
+def test_wrong_types_are_named(data, message):
+    with pytest.raises(RecipeError, match=message):
+        parse_recipe(data)
+
+
+@pytest.mark.parametrize("data, message", [
+    (None, "the recipe is empty"),
+    ({"input": {"source": "demo"}}, "missing key 'score'"),
+    ({"score": {"scorer": "bert"}}, r"score\.scorer: unknown scorer 'bert'; allowed: ifd, gold"),
+    ({"score": {"scorer": "ifd", "template": "fancy"}}, r"score: unknown template 'fancy'"),
+    ({"score": {"scorer": "ifd", "convention": "cherry", "template": "plain"}}, r"score: convention='cherry' uses"),
+    ({"score": {"scorer": "gold"}}, r"score\.task_set is required"),
+    ({"score": {"scorer": "gold", "task_set": "t.json", "convention": "cherry"}}, r"not a gold convention"),
+    ({"score": {"scorer": "ifd"}, "select": [{"rule": {"top_fraction": 0.1, "threshold": 2.0}}]},
+     r"select\[0\]\.rule: give exactly one of top_fraction, top_n, threshold"),
+    ({"score": {"scorer": "ifd"}, "select": [{"rule": {"top_fraction": 0.2}, "diversity": {"k": 1.5}}]},
+     r"select\[0\]\.diversity\.k: a float is a fraction"),
+    ({"score": {"scorer": "ifd"}, "select": [{"rule": {"top_n": 3}}], "publish": {}}, r"publish: give exactly one"),
+    ({"score": {"scorer": "ifd"}, "publish": {"path": "x"}}, r"publish needs at least one 'select'"),
+    ({"score": {"scorer": "ifd"}, "select": [{"rule": {"top_n": 3}}, {"rule": {"top_n": 4}}],
+      "publish": {"path": "x", "revision": "mine"}}, r"publish\.revision names one branch"),
+    ({"score": {"scorer": "ifd"}, "select": [{"rule": {"top_n": 3}}, {"rule": {"top_n": 3}}]}, r"the same rule"),
+    ({"score": {"scorer": "ifd"}, "run": {"part_rows": 0}}, r"run\.part_rows must be at least 1"),
+])
+def test_bad_values_are_named(data, message):
+    with pytest.raises(RecipeError, match=message):
+        parse_recipe(data)
+
+
+def test_defaults_and_scorer_settings():
+    recipe = parse_recipe({"score": {"scorer": "ifd", "model": "gpt2", "max_length": 512, "columns": {"instruction": "q", "response": "a"}}})
+    assert recipe.input.source == "demo" and recipe.run.output == "prospector_out/scored" and recipe.select == []
+    assert recipe.run.part_seconds == 300.0
+    assert recipe.score.scorer_kwargs() == {"model": "gpt2", "max_length": 512, "dtype": "auto",
+                                            "columns": {"instruction": "q", "response": "a"}, "turn": "last"}
+    assert parse_recipe({"score": {"scorer": "ifd"}, "run": {"part_seconds": 5}}).run.part_seconds == 5.0
+
+
+def test_the_command_line_reports_a_bad_recipe(tmp_path, capsys):
+    path = write(tmp_path, yaml.safe_dump({"score": {"scorer": "ifd", "max_lenght": 5}}))
+    assert main(["run", str(path)]) == 2
+    assert f"{path}: unknown key 'score.max_lenght'" in capsys.readouterr().err
