@@ -77,12 +77,14 @@ class Request:
     start: int
 
 
-def plan_batches(lengths: list[int], token_budget: int) -> list[list[int]]:
-    """Group indices, longest first, so that rows x longest row stays within ``token_budget``."""
+def plan_batches(lengths: list[int], token_budget: int, max_padding: float = 0.25) -> list[list[int]]:
+    """Group indices, longest first, so that rows x longest row stays within ``token_budget`` and no row
+    is padded by more than ``max_padding`` of the longest (padding is computed and thrown away)."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batches: list[list[int]] = []
     for i in order:
-        if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= token_budget:
+        longest = lengths[batches[-1][0]] if batches else 0
+        if batches and (len(batches[-1]) + 1) * longest <= token_budget and lengths[i] >= (1 - max_padding) * longest:
             batches[-1].append(i)
         else:
             batches.append([i])

@@ -26,7 +26,9 @@ def test_plan_batches_respects_budget_and_covers_all():
     assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
     for b in batches:
         assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 40
+        assert min(lengths[i] for i in b) >= 0.75 * max(lengths[i] for i in b)  # padding capped
     assert batches[0] == [5]  # longest first
+    assert [sorted(b) for b in plan_batches([10, 9, 8, 3], token_budget=100)] == [[0, 1, 2], [3]]
 
 
 def test_batched_equals_one_at_a_time_and_reference(engine):
