@@ -70,7 +70,8 @@ def test_zero_shot_computed_once_per_task_set(tiny_model_dir, cache):
     passes = engine.forward_passes
     scorer({k: v[:1] for k, v in CANDIDATES.items()})
     # One more candidate: one prefix pass plus the batched task passes, no zero-shot pass.
-    assert engine.forward_passes - passes == 1 + len(plan_batches([10] * 4, engine.token_budget))
+    task_lengths = [len(t.ids) for t in scorer._encoded_tasks(scorer._encoder(engine))]
+    assert engine.forward_passes - passes == 1 + len(plan_batches(task_lengths, engine.token_budget))
     again = GoldScorer(str(tiny_model_dir), task_set=tasks, dtype="float32")  # a new run: read from disk
     again({k: v[:1] for k, v in CANDIDATES.items()})
     assert again.zero_shot_runs == 0 and list((cache / "zero_shot").glob("*.npz"))
