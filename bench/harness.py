@@ -1,0 +1,255 @@
+"""What the bench scripts share: the data they read, fair timing on a busy machine, memory, FLOPs, tables.
+
+Fair timing: the baseline and the candidate run in one process, alternating (A B, then B A, ...) for
+several rounds, and each is reported by its median round, so a burst of load from other processes
+hits both alike. The load average is printed at the start and the end, with a warning above 1.0.
+Each round also records the process's CPU time: on a busy machine, ``--threads 1`` and the CPU-time
+ratio give a comparison that other processes barely disturb (with more threads, OpenMP's waiting
+threads spin and inflate CPU time too).
+
+Memory: the peak resident set of the process during one call, measured exactly by resetting the
+kernel's high-water mark (``/proc/self/clear_refs``, Linux) before the call and reading ``VmHWM`` after.
+
+FLOPs, as the issue counts them: ``2 x non-embedding parameters x tokens run through the model`` plus
+``2 x vocabulary x hidden size x positions projected``. Hooks on the model's backbone and output
+projection count both as the model runs, padding included, so the count needs no knowledge of how a
+caller batches. Attention's own products (QK^T, AV) are not counted, as in the issue's definition.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+RESULTS = REPO_ROOT / "bench" / "results"
+if str(REPO_ROOT) not in sys.path:  # the Superfiltering reference lives in tests/scorers/paper_reference.py
+    sys.path.insert(0, str(REPO_ROOT))
+
+
+# -- data ---------------------------------------------------------------------------------------------
+def shared_file(name: str) -> Path:
+    """``../shared/data/<name>`` beside the checkout; without it the benchmark is skipped (exit 0)."""
+    path = SHARED_DATA / name
+    if not path.is_file():
+        print(f"skipped: {path} is absent (the benchmarks read the shared data sets beside the checkout)")
+        sys.exit(0)
+    return path
+
+
+def first_rows(name: str, n: int):
+    """The first ``n`` rows of a shared json file as a ``datasets.Dataset`` (what users load)."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    ds = datasets.load_dataset("json", data_files=str(shared_file(name)), split="train")
+    return ds.select(range(min(n, len(ds))))
+
+
+# -- the machine and its load ------------------------------------------------------------------------
+def machine() -> str:
+    import torch
+
+    from hf_prospector.engine import native_bf16
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return (f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__} with {torch.get_num_threads()} threads, "
+            f"native bfloat16: {native_bf16(torch.device('cpu'))}")
+
+
+def report_load(when: str) -> float:
+    """Print the 1-minute load average; above 1.0 other processes share the cores and timings are slow."""
+    load = os.getloadavg()[0]
+    warning = "  WARNING: above 1.0, the machine is busy; timings are noisy and slow" if load > 1.0 else ""
+    print(f"# load average at {when}: {load:.2f}{warning}", flush=True)
+    return load
+
+
+def dtype_name(dtype) -> str:
+    """``torch.bfloat16`` -> ``bfloat16``."""
+    return str(dtype).removeprefix("torch.")
+
+
+def parser(doc: str) -> argparse.ArgumentParser:
+    """An argument parser titled by the script's docstring, with the flags every script shares."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: torch's own, one per core); 1 on a busy machine")
+    return p
+
+
+def print_header(description: str, args: argparse.Namespace) -> None:
+    """Apply ``--threads``, then print the command, what runs and the machine."""
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    print(f"$ python {shlex.join(sys.argv)}")
+    print(f"# {description}")
+    print(f"# {machine()}")
+
+
+# -- timing and memory --------------------------------------------------------------------------------
+def _status_kb(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+    except (OSError, StopIteration):
+        return None
+
+
+def rss_mb() -> float:
+    """The current resident set of this process (0 where /proc is absent)."""
+    return (_status_kb("VmRSS") or 0) / 1024
+
+
+def reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> float:
+    """The resident set's high-water mark since the last :func:`reset_peak_rss` (or since the start)."""
+    import resource
+
+    hwm = _status_kb("VmHWM")
+    return hwm / 1024 if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class Measurement:
+    """One timed call: seconds, CPU seconds, RSS before, peak RSS during, and what the call returned."""
+
+    def __init__(self, fn: Callable):
+        exact = reset_peak_rss()
+        self.rss_before = rss_mb()
+        start, cpu = time.perf_counter(), time.process_time()
+        self.result = fn()
+        self.seconds = time.perf_counter() - start
+        self.cpu_seconds = time.process_time() - cpu
+        self.peak_rss = peak_rss_mb()
+        self.peak_exact = exact  # False: the process-wide peak, which may predate the call
+
+    @property
+    def working_mb(self) -> float:
+        """Peak RSS above what the process held before the call (weights and data loaded earlier excluded)."""
+        return self.peak_rss - self.rss_before
+
+
+def interleave(runs: dict[str, Callable], rounds: int) -> dict[str, list[Measurement]]:
+    """Run every callable once per round, in turn, reversing the order every other round."""
+    names = list(runs)
+    out: dict[str, list[Measurement]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            out[name].append(Measurement(runs[name]))
+            m = out[name][-1]
+            print(f"#   round {r + 1}/{rounds}  {name}: {m.seconds:.2f} s ({m.cpu_seconds:.2f} CPU s), "
+                  f"peak RSS {m.peak_rss:.0f} MB", flush=True)
+    return out
+
+
+def median_run(measurements: list[Measurement]) -> Measurement:
+    """The round with the median time (the lower middle one for an even count)."""
+    ordered = sorted(measurements, key=lambda m: m.seconds)
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def median_seconds(measurements: list[Measurement]) -> float:
+    return statistics.median(m.seconds for m in measurements)
+
+
+def median_cpu_seconds(measurements: list[Measurement]) -> float:
+    return statistics.median(m.cpu_seconds for m in measurements)
+
+
+# -- FLOPs --------------------------------------------------------------------------------------------
+class FlopCounter:
+    """Counts the positions a causal LM runs and projects, with forward hooks, and the FLOPs they cost.
+
+    ``tokens``: positions through the backbone (padding included); ``real_tokens``: those the attention
+    mask marks as real; ``projected``: positions through the output projection.
+    """
+
+    def __init__(self, model):
+        self.hidden = model.config.hidden_size
+        self.vocab = model.get_output_embeddings().weight.shape[0]
+        embeddings = {id(model.get_input_embeddings().weight), id(model.get_output_embeddings().weight)}
+        self.non_embedding = sum(p.numel() for p in model.parameters() if id(p) not in embeddings)
+        self.reset()
+        self._handles = [
+            model.base_model.register_forward_pre_hook(self._count_backbone, with_kwargs=True),
+            model.get_output_embeddings().register_forward_pre_hook(self._count_head),
+        ]
+
+    def reset(self) -> None:
+        self.tokens = self.real_tokens = self.projected = 0
+
+    def _count_backbone(self, module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        mask = kwargs.get("attention_mask")
+        self.tokens += ids.numel()
+        self.real_tokens += int(mask[:, -ids.shape[1]:].sum()) if mask is not None else ids.numel()
+
+    def _count_head(self, module, args):
+        self.projected += args[0].numel() // self.hidden
+
+    @property
+    def flops(self) -> float:
+        return 2.0 * self.non_embedding * self.tokens + 2.0 * self.vocab * self.hidden * self.projected
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+def matmul_flops_per_s(dtype, size: int = 2048, repeats: int = 10) -> float:
+    """FLOP/s of ``size x size x size`` matrix products in ``dtype`` (the machine's attainable rate)."""
+    import torch
+
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2.0 * size ** 3 * repeats / (time.perf_counter() - start)
+
+
+# -- output -------------------------------------------------------------------------------------------
+def print_table(header: list[str], rows: list[list]) -> str:
+    """Print a Markdown table and return its text."""
+    cells = [header] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in cells]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    text = "\n".join(lines)
+    print(text, flush=True)
+    return text
+
+
+def save_results(name: str, data: dict) -> Path:
+    """Write ``bench/results/<name>.json`` (git-ignored) with the command and the machine."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    data = {"command": f"python {shlex.join(sys.argv)}", "machine": machine(), **data}
+    path.write_text(json.dumps(data, indent=2, default=float) + "\n")
+    print(f"# saved {path.relative_to(REPO_ROOT)}")
+    return path
