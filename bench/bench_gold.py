@@ -123,7 +123,7 @@ def main() -> None:
     print()
     agreement_text = harness.print_table(["agreement (gold_score)", "candidates", "max |diff|", "mean |diff|",
                                           "target"], table)
-    load_end = harness.report_load("end")
+    load_end = harness.report_end_load()
     harness.save_results("bench_gold", {"candidates": len(candidates), "tasks": len(tasks), "rounds": args.rounds,
                                         "load_average": [load_start, load_end], "results": results,
                                         "speed_ratio": ratio, "cpu_time_ratio": cpu_ratio, "agreement": table,

@@ -134,7 +134,7 @@ def main() -> None:
                                           "max |diff|", "max |diff| loss_cond"], table)
     print(f"# targets: speed ratio >= {TARGET_RATIO:g}x; Spearman of the defaults against float32 >= "
           f"{TARGET_SPEARMAN}")
-    load_end = harness.report_load("end")
+    load_end = harness.report_end_load()
     harness.save_results("bench_ifd", {"rows": len(rows), "rounds": args.rounds, "load_average": [load_start, load_end],
                                        "results": results, "speed_ratio": ratio, "cpu_time_ratio": cpu_ratio,
                                        "agreement": table,

@@ -80,7 +80,7 @@ def main() -> None:
     print()
     text = harness.print_table(["rows", "scored", "s / 1,000 rows", "total s", "peak RSS MB",
                                 "RSS after 1st batch MB", "RSS at end MB", "growth MB"], table)
-    load_end = harness.report_load("end")
+    load_end = harness.report_end_load()
     harness.save_results("bench_scale", {"load_average": [load_start, load_end], "results": results,
                                          "tables": [text]})
 

@@ -89,7 +89,7 @@ def main() -> None:
     text = harness.print_table(["what", "GFLOP/s", "of matmul, same dtype", "of bfloat16 matmul", "tokens run",
                                 "of which padding", "positions projected", "seconds"], table)
     print(f"# target: IFDScorer bfloat16 >= {TARGET_BF16:.0%} of the bfloat16 matmul's FLOP/s")
-    load_end = harness.report_load("end")
+    load_end = harness.report_end_load()
     harness.save_results("bench_utilisation", {"rows": len(ds), "rounds": args.rounds,
                                                "load_average": [load_start, load_end], "results": results,
                                                "tables": [text]})

@@ -71,12 +71,24 @@ def machine() -> str:
             f"native bfloat16: {native_bf16(torch.device('cpu'))}")
 
 
-def report_load(when: str) -> float:
-    """Print the 1-minute load average; above 1.0 other processes share the cores and timings are slow."""
+def report_load(when: str, own_threads: int = 0) -> float:
+    """Print the 1-minute load average; above 1.0 other processes share the cores and timings are slow.
+
+    At the end of a run the average includes the run's own busy threads (``own_threads``), which the
+    warning discounts.
+    """
     load = os.getloadavg()[0]
-    warning = "  WARNING: above 1.0, the machine is busy; timings are noisy and slow" if load > 1.0 else ""
-    print(f"# load average at {when}: {load:.2f}{warning}", flush=True)
+    own = f" (this run's {own_threads} busy thread{'s' * (own_threads > 1)} included)" if own_threads else ""
+    busy = load - own_threads > 1.0
+    warning = "  WARNING: other processes load the machine; timings are noisy and slow" if busy else ""
+    print(f"# load average at {when}: {load:.2f}{own}{warning}", flush=True)
     return load
+
+
+def report_end_load() -> float:
+    import torch
+
+    return report_load("end", torch.get_num_threads())
 
 
 def dtype_name(dtype) -> str:
