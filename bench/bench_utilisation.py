@@ -6,7 +6,8 @@ size x positions projected`` (the positions whose logits are computed). Hooks on
 as it runs. The attainable rate is a 2048 x 2048 x 2048 matrix multiply in the same dtype, measured in
 the same rounds. ``IFDScorer`` runs in float32 and bfloat16 on the first ``--rows`` rows of
 ``../shared/data/alpaca_52k.json`` as ``ds.map(scorer, batched=True)``, so its time includes
-tokenization; the Superfiltering per-row loop (bench/reference.py) is shown for comparison.
+tokenization; the Superfiltering per-row loop (bench/reference.py) is shown for comparison. By default
+the scorers are compiled from the start (``--compile on``), which measures what a long run reaches.
 Everything alternates in one process for ``--rounds`` rounds; medians are reported.
 
     python bench/bench_utilisation.py                        # 300 rows, 3 rounds
@@ -32,6 +33,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=1000, help="ds.map batch size (datasets' default)")
     parser.add_argument("--data", default="alpaca_52k.json", help="a json file in ../shared/data")
     parser.add_argument("--skip-reference", action="store_true", help="leave out the per-row loop (slow)")
+    parser.add_argument("--compile", choices=("on", "auto", "off"), default="on",
+                        help="IFDScorer(compile=...): on (default) measures a long run's steady state; auto "
+                             "compiles after a minute of model time, as a run with the defaults does")
     args = parser.parse_args()
 
     from hf_prospector.models import load_causal_lm
@@ -48,10 +52,11 @@ def main() -> None:
         data.map(scorer, batched=True, batch_size=args.batch_size, load_from_cache_file=False, keep_in_memory=True)
         return counter.tokens, counter.real_tokens, counter.projected, counter.flops
 
-    runs, counters = {}, {}
+    runs, counters, engines = {}, {}, {}
     for dtype in (torch.float32, torch.bfloat16):
         name = harness.dtype_name(dtype)
-        scorer = IFDScorer(dtype=name)
+        scorer = IFDScorer(dtype=name, compile={"on": True, "off": False}.get(args.compile, "auto"))
+        engines[f"IFDScorer {name}"] = scorer.engine()
         counters[name] = harness.FlopCounter(scorer.engine().model)
         scored(scorer, counters[name], warm)  # one-time set-up is not measured
         runs[f"matmul {name}"] = lambda dtype=dtype: harness.matmul_flops_per_s(dtype)
@@ -83,7 +88,10 @@ def main() -> None:
         results[label] = {"seconds": seconds, "gflop_per_s": rate / 1e9, "tokens": tokens, "real_tokens": real,
                           "projected": projected,
                           "of_matmul_same_dtype": rate / matmul[dtype], "of_matmul_bfloat16": rate / matmul["bfloat16"]}
-        table.append([label, f"{rate / 1e9:.0f}", f"{rate / matmul[dtype]:.0%}", f"{rate / matmul['bfloat16']:.0%}",
+        compiled = label in engines and engines[label].compiled  # compile="auto": after a minute of model time
+        results[label]["compiled"] = compiled
+        table.append([label + (" (compiled)" if compiled else ""), f"{rate / 1e9:.0f}", f"{rate / matmul[dtype]:.0%}",
+                      f"{rate / matmul['bfloat16']:.0%}",
                       f"{tokens:,}", f"{1 - real / tokens:.0%}", f"{projected:,}", f"{seconds:.1f}"])
     print()
     text = harness.print_table(["what", "GFLOP/s", "of matmul, same dtype", "of bfloat16 matmul", "tokens run",

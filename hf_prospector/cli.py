@@ -183,7 +183,8 @@ def cmd_score(args) -> None:
     recipe = Recipe(
         score=ScoreSpec(args.scorer, args.model, args.revision, args.convention, args.template, args.max_length,
                         args.min_response_tokens, args.dtype, args.device, args.token_budget, columns, args.turn,
-                        args.task_set, args.task_max_length, refine),
+                        args.task_set, args.task_max_length, refine,
+                        compile={"auto": "auto", "on": True, "off": False}.get(args.compile)),
         input=InputSpec(args.input, args.split, args.streaming, args.limit),
         run=RunSpec(args.output, args.batch_size, args.part_rows, args.part_seconds))
     check_recipe(recipe)
@@ -306,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto", help="auto (bfloat16 where native), float32, bfloat16, float16")
     p.add_argument("--device", help="e.g. cpu or cuda:1 (default: one GPU per process, else the CPU)")
     p.add_argument("--token-budget", type=int, help="tokens per micro-batch")
+    p.add_argument("--compile", choices=("auto", "on", "off"),
+                   help="torch.compile the model: auto (default) compiles after a minute of model time")
     p.add_argument("--columns", help="row layout, e.g. instruction=question,response=answer")
     p.add_argument("--turn", choices=("last", "first"), default="last")
     p.add_argument("--task-set", help="gold: a file, saved dataset or Hub id of tasks")

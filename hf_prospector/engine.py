@@ -13,6 +13,12 @@ Every scorer reduces to one request: "for each sequence, the log-probability of 
 On CUDA an out-of-memory error halves the micro-batch and retries. ``prefixed_logprobs`` serves the
 golden score: one prefix (a one-shot example) is encoded once and its key/value cache reused for a
 batch of continuations.
+
+Long runs are compiled: once the engine has spent ``COMPILE_AFTER_S`` seconds running the model (passes
+without a key/value cache), its decoder layers and the projection go through ``torch.compile`` (one
+graph shared by every layer, shapes dynamic), which fuses the normalisation, rotary and activation
+arithmetic that otherwise dominates on a CPU. Short runs never pay the compile time; passes over a
+key/value cache (the golden score's) and any compiler failure run eagerly.
 """
 
 from __future__ import annotations
@@ -20,13 +26,16 @@ from __future__ import annotations
 import copy
 import functools
 import os
+import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-# Positions whose logits are materialised at once: bounds the [positions x vocabulary] float32 buffer.
-_HEAD_CHUNK = 1024
+# Seconds of eager model time after which ``compile="auto"`` compiles: a run that long is worth the
+# compile (tens of seconds on a CPU, cached on disk by torch for later runs).
+COMPILE_AFTER_S = 60.0
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -69,6 +78,34 @@ def default_token_budget(device: torch.device) -> int:
     return 32768 if device.type == "cuda" else 2048
 
 
+def head_chunk(device: torch.device, compiled: bool) -> int:
+    """Positions whose logits are materialised at once. On a CPU the eager log-softmax makes several passes
+    over its [positions x vocabulary] float32 block, which must stay in cache (64 positions ran the head
+    1.7x faster than 1,024); compiled, they fuse into one pass and 256 is best. GPUs want large blocks."""
+    if device.type == "cuda":
+        return 1024
+    return 256 if compiled else 64
+
+
+def target_logprobs(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
+                    softcap: float | None) -> torch.Tensor:
+    """log p(target) at each row of ``hidden``: the output projection and a float32 log-softmax."""
+    logits = head(hidden).float()
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return logits.gather(1, targets[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)
+
+
+def resolve_compile(compile: bool | str | None) -> bool | str:
+    """``True``, ``False`` or ``"auto"`` (the default, or ``HF_PROSPECTOR_COMPILE``: auto / 1 / 0)."""
+    if compile is None:
+        compile = os.environ.get("HF_PROSPECTOR_COMPILE", "auto").lower()
+        compile = {"1": True, "true": True, "on": True, "0": False, "false": False, "off": False}.get(compile, compile)
+    if compile not in (True, False, "auto"):
+        raise ValueError(f"compile must be True, False or 'auto', got {compile!r}")
+    return compile
+
+
 @dataclass
 class Request:
     """Score ``ids[start:]``, each token predicted from the ones before it (so ``start >= 1``)."""
@@ -94,11 +131,12 @@ def plan_batches(lengths: list[int], token_budget: int, max_padding: float = 0.2
 class Engine:
     """A causal LM on one device, scoring :class:`Request` lists. Shared by every scorer.
 
-    The model is moved to ``device`` and ``dtype`` in place (``nn.Module.to``), as transformers does.
+    The model is moved to ``device`` and ``dtype`` in place (``nn.Module.to``), as transformers does; when
+    compiled, its decoder layers are compiled in place (``nn.Module.compile``).
     """
 
     def __init__(self, model, tokenizer, device: str | torch.device = "cpu", dtype: str | torch.dtype = "auto",
-                 token_budget: int | None = None):
+                 token_budget: int | None = None, compile: bool | str | None = None):
         self.device = torch.device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
@@ -110,32 +148,80 @@ class Engine:
         self.softcap = getattr(self.model.config, "final_logit_softcapping", None)
         self.forward_passes = 0  # micro-batches run; tests count work with it
         self._head_only = self._check_head_shortcut()
+        self.compile = resolve_compile(compile)
+        self.compiled = False  # whether the decoder layers run compiled now
+        self.compile_failed: str | None = None  # the compiler's error, once it failed (then eager for good)
+        self.eager_seconds = 0.0  # model time before compiling, which "auto" weighs against the compile
+        self._target_logprobs = target_logprobs  # compiled along with the layers
+        if self.compile is True:
+            self._compile()
+
+    # -- compilation ----------------------------------------------------------------------------
+    def _decoder_layers(self) -> torch.nn.ModuleList | None:
+        n = getattr(self.model.config, "num_hidden_layers", None)
+        return next((m for m in self.backbone.children() if isinstance(m, torch.nn.ModuleList) and len(m) == n), None)
+
+    def _compile(self) -> None:
+        layers = self._decoder_layers()
+        if layers is None:
+            self._give_up_compiling(f"no list of decoder layers found in {type(self.backbone).__name__}")
+            return
+        for layer in layers:
+            layer.compile(dynamic=True)
+        self._target_logprobs = torch.compile(target_logprobs, dynamic=True)
+        self.compiled = True
+
+    def _give_up_compiling(self, reason: str) -> None:
+        for layer in self._decoder_layers() or ():
+            layer._compiled_call_impl = None  # undoes nn.Module.compile: the model is left as it came
+        self._target_logprobs = target_logprobs
+        self.compiled = False
+        self.compile_failed = reason
+        warnings.warn(f"torch.compile is not used ({reason}); scoring continues eagerly", stacklevel=3)
+
+    def _call(self, fn, *args, cached: bool = False, **kwargs):
+        """``fn(*args, **kwargs)``, where ``fn`` may run compiled code. Passes over a key/value cache run
+        eagerly (its per-layer state would recompile every layer); a compiler error falls back for good."""
+        if not self.compiled:
+            return fn(*args, **kwargs)
+        if cached:
+            with torch.compiler.set_stance("force_eager"):
+                return fn(*args, **kwargs)
+        try:
+            return fn(*args, **kwargs)
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except Exception as err:
+            first_line = str(err).splitlines()[0] if str(err) else ""
+            self._give_up_compiling(f"{type(err).__name__}: {first_line}")
+            with torch.compiler.set_stance("force_eager"):
+                return fn(*args, **kwargs)
+
+    def _account(self, seconds: float) -> None:
+        """Count eager model time; ``compile="auto"`` compiles once it passes ``COMPILE_AFTER_S``."""
+        if self.compiled or self.compile_failed or self.compile != "auto":
+            return
+        self.eager_seconds += seconds
+        if self.eager_seconds >= COMPILE_AFTER_S:
+            self._compile()
 
     # -- projection -----------------------------------------------------------------------------
-    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = self.head(hidden).float()
-        if self.softcap:
-            logits = torch.tanh(logits / self.softcap) * self.softcap
-        return logits
-
     def _check_head_shortcut(self) -> bool:
-        """Backbone + output projection must equal the model's own logits; otherwise use the full forward.
-
-        Guards against architectures that rescale logits in ways this module does not know of.
-        """
-        ids = torch.tensor([[self.pad_id] * 3], device=self.device)
+        """Backbone + output projection must give the model's own log-probabilities; otherwise use the full
+        forward. Guards against architectures that rescale logits in ways this module does not know of."""
+        ids = torch.arange(8, device=self.device) % self.model.config.vocab_size
         with torch.inference_mode():
-            full = self.model(input_ids=ids).logits.float()
-            mine = self._logits(self.backbone(input_ids=ids).last_hidden_state)
-        return bool(torch.allclose(full, mine, atol=1e-3, rtol=1e-3))
+            full = self.model(input_ids=ids[None]).logits[0].float().log_softmax(-1)
+            hidden = self.backbone(input_ids=ids[None]).last_hidden_state[0]
+            mine = target_logprobs(self.head, hidden, ids, self.softcap)
+        return bool(torch.allclose(full.gather(1, ids[:, None])[:, 0], mine, atol=1e-3, rtol=1e-3))
 
     def _gather_logprobs(self, hidden, rows, cols, targets) -> torch.Tensor:
         out = []
-        for s in range(0, len(rows), _HEAD_CHUNK):
-            h = hidden[rows[s:s + _HEAD_CHUNK], cols[s:s + _HEAD_CHUNK]]
-            logits = self._logits(h)
-            t = targets[s:s + _HEAD_CHUNK]
-            out.append(logits.gather(1, t[:, None])[:, 0] - torch.logsumexp(logits, dim=-1))
+        step = head_chunk(self.device, self.compiled)
+        for s in range(0, len(rows), step):
+            h = hidden[rows[s:s + step], cols[s:s + step]]
+            out.append(self._call(self._target_logprobs, self.head, h, targets[s:s + step], self.softcap))
         return torch.cat(out) if out else torch.empty(0, device=self.device)
 
     # -- batches --------------------------------------------------------------------------------
@@ -162,11 +248,12 @@ class Engine:
                           position_ids=torch.arange(plen, plen + width, device=self.device).expand(len(reqs), -1))
         self.forward_passes += 1
         if self._head_only:
-            hidden = self.backbone(input_ids=ids, attention_mask=mask, use_cache=past is not None,
-                                   **kwargs).last_hidden_state
+            hidden = self._call(self.backbone, input_ids=ids, attention_mask=mask, use_cache=past is not None,
+                                cached=past is not None, **kwargs).last_hidden_state
             lp = self._gather_logprobs(hidden, rows, cols, targets)
         else:
-            logits = self.model(input_ids=ids, attention_mask=mask, **kwargs).logits
+            logits = self._call(self.model, input_ids=ids, attention_mask=mask, use_cache=past is not None,
+                                cached=past is not None, **kwargs).logits
             sel = logits[rows, cols].float()
             lp = sel.gather(1, targets[:, None])[:, 0] - torch.logsumexp(sel, dim=-1)
         lp = lp.float().cpu().numpy()
@@ -183,7 +270,10 @@ class Engine:
                 if past is not None:
                     cache = copy.deepcopy(past[0])
                     cache.batch_repeat_interleave(len(batch))
+                started = time.perf_counter()
                 results = self._run_batch([reqs[i] for i in batch], None if past is None else (cache, past[1]))
+                if past is None:  # only passes without a cache run compiled, so only they count
+                    self._account(time.perf_counter() - started)
             except torch.cuda.OutOfMemoryError:
                 if len(batch) == 1:
                     raise
@@ -215,7 +305,7 @@ class Engine:
             raise ValueError("prefixed_logprobs needs a non-empty prefix")
         ids = torch.tensor([prefix], device=self.device)
         self.forward_passes += 1
-        out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
+        out = self._call(self.model, input_ids=ids, use_cache=True, logits_to_keep=1, cached=True)
         last = out.logits[0, -1].float()
         first = torch.log_softmax(last, dim=-1)
         # Continuations are scored from their own positions; a start of 0 needs the prefix's last logits.

@@ -75,6 +75,7 @@ class ScoreSpec:
     task_set: str | None = None  # gold only: a file, saved dataset or Hub id of tasks
     task_max_length: int | None = None  # gold only
     refine_task_set: RefineSpec | None = None  # gold only
+    compile: bool | str | None = None  # torch.compile: true, false or auto (after a minute of model time)
 
     def scorer_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for the scorer: the settings given, without the scorer's name."""
@@ -186,6 +187,12 @@ def check_recipe(recipe: Recipe) -> None:
             IFDScorer(**score.scorer_kwargs())
         except (ValueError, TypeError) as err:
             raise RecipeError(f"score: {err}") from None
+    from .engine import resolve_compile
+
+    try:
+        resolve_compile(score.compile)
+    except ValueError as err:
+        raise RecipeError(f"score.{err}") from None
     for name in ("batch_size", "part_rows"):
         if getattr(recipe.run, name) < 1:
             raise RecipeError(f"run.{name} must be at least 1, got {getattr(recipe.run, name)}")

@@ -3,7 +3,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from hf_prospector.engine import Engine, Request, plan_batches, resolve_dtype
+import hf_prospector.engine as engine_module
+from hf_prospector.engine import Engine, Request, plan_batches, resolve_compile, resolve_dtype
 
 
 @pytest.fixture(scope="module")
@@ -85,3 +86,91 @@ def test_out_of_memory_halves_the_micro_batch_and_retries(engine, monkeypatch):
         np.testing.assert_allclose(a, b, atol=1e-5)
     assert engine.token_budget < budget  # later calls start from the smaller budget
     engine.token_budget = budget
+
+
+# -- torch.compile ----------------------------------------------------------------------------------------
+def varied_requests(seed: int, n: int = 8) -> list[Request]:
+    """Lengths that give micro-batches of one and of several rows, padded and not."""
+    rng = np.random.default_rng(seed)
+    lengths = [60, 9, 9, 9, 30, 28, 25, 4][:n]
+    return [Request(list(rng.integers(3, 300, k)), max(1, k // 3)) for k in lengths]
+
+
+@pytest.fixture
+def compiled_engine(tiny_model_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    return Engine(model, AutoTokenizer.from_pretrained(tiny_model_dir), "cpu", "float32", token_budget=64,
+                  compile=True)
+
+
+def test_compiled_engine_equals_eager_reference(compiled_engine):
+    """Compiled decoder layers give the eager model's log-probabilities, cached passes included."""
+    engine = compiled_engine
+    assert engine.compiled
+    reqs = varied_requests(2)
+    got = engine.logprobs(reqs)
+    assert engine.compiled and engine.compile_failed is None  # it really ran compiled
+    prefix = [1, 50, 60, 70, 80]
+    conts = [Request([90, 91, 92, 93], 0), Request(list(range(120, 150)), 10)]
+    prefixed = engine.prefixed_logprobs(prefix, conts)  # key/value cache passes run eagerly
+    assert engine.compile_failed is None
+    with torch.compiler.set_stance("force_eager"):
+        for r, g in zip(reqs, got):
+            np.testing.assert_allclose(g, reference_logprobs(engine.model, r.ids, r.start), atol=1e-4)
+        for c, g in zip(conts, prefixed):
+            np.testing.assert_allclose(g, reference_logprobs(engine.model, prefix + c.ids, len(prefix) + c.start),
+                                       atol=1e-4)
+
+
+def test_auto_compiles_after_enough_model_time(tiny_model_dir, monkeypatch):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    engine = Engine(model, AutoTokenizer.from_pretrained(tiny_model_dir), "cpu", "float32", token_budget=64,
+                    compile="auto")
+    reqs = varied_requests(3, n=4)
+    eager = engine.logprobs(reqs)
+    assert not engine.compiled and engine.eager_seconds > 0  # a short run stays eager
+    monkeypatch.setattr(engine_module, "COMPILE_AFTER_S", engine.eager_seconds)
+    engine.logprobs(reqs[:1])
+    assert engine.compiled  # the threshold was crossed: later passes are compiled
+    for a, b in zip(eager, engine.logprobs(reqs)):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_compiler_failure_falls_back_to_eager(compiled_engine, monkeypatch):
+    """A machine without a working compiler (no C++ toolchain, say) still scores, with a warning."""
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    def broken_backend(*args, **kwargs):
+        raise BackendCompilerFailed(broken_backend, RuntimeError("no C++ compiler"))
+
+    engine = compiled_engine
+    torch._dynamo.reset()
+    for layer in engine._decoder_layers():
+        layer.compile(dynamic=True, backend=broken_backend)
+    reqs = varied_requests(4, n=3)
+    with pytest.warns(UserWarning, match="torch.compile is not used"):
+        got = engine.logprobs(reqs)
+    assert not engine.compiled and "BackendCompilerFailed" in engine.compile_failed
+    for r, g in zip(reqs, got):
+        np.testing.assert_allclose(g, reference_logprobs(engine.model, r.ids, r.start), atol=1e-4)
+
+
+def test_compile_setting_is_checked(monkeypatch):
+    assert resolve_compile(True) is True and resolve_compile("auto") == "auto"
+    monkeypatch.setenv("HF_PROSPECTOR_COMPILE", "off")
+    assert resolve_compile(None) is False
+    with pytest.raises(ValueError, match="compile must be"):
+        resolve_compile("fast")
+
+
+def test_full_forward_path_equals_head_shortcut(engine):
+    """Architectures failing the head check run the whole model; both paths give the same numbers."""
+    reqs = varied_requests(5, n=5)
+    shortcut = engine.logprobs(reqs)
+    engine._head_only = False
+    try:
+        full = engine.logprobs(reqs)
+    finally:
+        engine._head_only = True
+    for a, b in zip(shortcut, full):
+        np.testing.assert_allclose(a, b, atol=1e-5)

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from .. import __version__
-from ..engine import Engine
+from ..engine import Engine, resolve_compile
 from ..formats import ColumnMapping, batch_to_examples
 from ..models import DEFAULT_MODEL, load_causal_lm
 
@@ -33,7 +33,7 @@ class Scorer:
 
     def __init__(self, model: str | None = None, revision: str | None = None, dtype: str = "auto",
                  device: str | None = None, token_budget: int | None = None,
-                 columns: ColumnMapping | dict | None = None, turn: str = "last"):
+                 columns: ColumnMapping | dict | None = None, turn: str = "last", compile: bool | str | None = None):
         self.model = model or DEFAULT_MODEL
         self.revision = revision
         self.dtype = dtype
@@ -43,6 +43,8 @@ class Scorer:
         if turn not in ("last", "first"):
             raise ValueError(f"turn must be 'last' or 'first', got {turn!r}")
         self.turn = turn
+        resolve_compile(compile)  # a bad value fails here, not in a worker
+        self.compile = compile  # None: HF_PROSPECTOR_COMPILE or "auto", read where the engine starts
         self._engines: dict[str, Engine] = {}
 
     # -- settings and pickling ---------------------------------------------------------------------
@@ -70,7 +72,7 @@ class Scorer:
                 # parallel region there can hang: one thread per worker is safe (use num_proc = cores).
                 torch.set_num_threads(1)
             model, tokenizer = load_causal_lm(self.model, self.revision)
-            self._engines[device] = Engine(model, tokenizer, device, self.dtype, self.token_budget)
+            self._engines[device] = Engine(model, tokenizer, device, self.dtype, self.token_budget, self.compile)
         return self._engines[device]
 
     # -- Dataset.map --------------------------------------------------------------------------------
