@@ -206,9 +206,13 @@ class FlopCounter:
         embeddings = {id(model.get_input_embeddings().weight), id(model.get_output_embeddings().weight)}
         self.non_embedding = sum(p.numel() for p in model.parameters() if id(p) not in embeddings)
         self.reset()
+        # Counting is Python state: compiled code must call the hooks, not trace them (that would recompile
+        # for every new count).
+        import torch
+
         self._handles = [
-            model.base_model.register_forward_pre_hook(self._count_backbone, with_kwargs=True),
-            model.get_output_embeddings().register_forward_pre_hook(self._count_head),
+            model.base_model.register_forward_pre_hook(torch.compiler.disable(self._count_backbone), with_kwargs=True),
+            model.get_output_embeddings().register_forward_pre_hook(torch.compiler.disable(self._count_head)),
         ]
 
     def reset(self) -> None:
