@@ -81,7 +81,7 @@ def default_token_budget(device: torch.device) -> int:
 def head_chunk(device: torch.device, compiled: bool) -> int:
     """Positions whose logits are materialised at once. On a CPU the eager log-softmax makes several passes
     over its [positions x vocabulary] float32 block, which must stay in cache (64 positions ran the head
-    1.7x faster than 1,024); compiled, they fuse into one pass and 256 is best. GPUs want large blocks."""
+    1.6x faster than 1,024); compiled, they fuse into one pass and 256 is best. GPUs want large blocks."""
     if device.type == "cuda":
         return 1024
     return 256 if compiled else 64
