@@ -55,9 +55,9 @@ def main() -> None:
     runs, counters, engines = {}, {}, {}
     for dtype in (torch.float32, torch.bfloat16):
         name = harness.dtype_name(dtype)
-        scorer = IFDScorer(dtype=name, compile={"on": True, "off": False}.get(args.compile, "auto"))
+        scorer = IFDScorer(dtype=name, compile=args.compile)
         engines[f"IFDScorer {name}"] = scorer.engine()
-        counters[name] = harness.FlopCounter(scorer.engine().model)
+        counters[name] = harness.FlopCounter(engines[f"IFDScorer {name}"].model)
         scored(scorer, counters[name], warm)  # one-time set-up is not measured
         runs[f"matmul {name}"] = lambda dtype=dtype: harness.matmul_flops_per_s(dtype)
         runs[f"IFDScorer {name}"] = lambda s=scorer, c=counters[name]: scored(s, c, ds)

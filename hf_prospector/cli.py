@@ -184,7 +184,7 @@ def cmd_score(args) -> None:
         score=ScoreSpec(args.scorer, args.model, args.revision, args.convention, args.template, args.max_length,
                         args.min_response_tokens, args.dtype, args.device, args.token_budget, columns, args.turn,
                         args.task_set, args.task_max_length, refine,
-                        compile={"auto": "auto", "on": True, "off": False}.get(args.compile)),
+                        compile=args.compile),
         input=InputSpec(args.input, args.split, args.streaming, args.limit),
         run=RunSpec(args.output, args.batch_size, args.part_rows, args.part_seconds))
     check_recipe(recipe)

@@ -87,20 +87,30 @@ def head_chunk(device: torch.device, compiled: bool) -> int:
     return 256 if compiled else 64
 
 
+def logprobs_of(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log-softmax of each row of ``logits`` at its target, without materialising the whole log-softmax."""
+    return logits.gather(1, targets[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)
+
+
 def target_logprobs(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
                     softcap: float | None) -> torch.Tensor:
     """log p(target) at each row of ``hidden``: the output projection and a float32 log-softmax."""
     logits = head(hidden).float()
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
-    return logits.gather(1, targets[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)
+    return logprobs_of(logits, targets)
+
+
+_COMPILE_WORDS = {"on": True, "1": True, "true": True, "off": False, "0": False, "false": False, "auto": "auto"}
 
 
 def resolve_compile(compile: bool | str | None) -> bool | str:
-    """``True``, ``False`` or ``"auto"`` (the default, or ``HF_PROSPECTOR_COMPILE``: auto / 1 / 0)."""
+    """``True``, ``False`` or ``"auto"``; also the words on / off / auto (the CLI's) and 1 / 0. ``None`` reads
+    ``HF_PROSPECTOR_COMPILE`` (default auto)."""
     if compile is None:
-        compile = os.environ.get("HF_PROSPECTOR_COMPILE", "auto").lower()
-        compile = {"1": True, "true": True, "on": True, "0": False, "false": False, "off": False}.get(compile, compile)
+        compile = os.environ.get("HF_PROSPECTOR_COMPILE", "auto")
+    if isinstance(compile, str):
+        compile = _COMPILE_WORDS.get(compile.lower(), compile)
     if compile not in (True, False, "auto"):
         raise ValueError(f"compile must be True, False or 'auto', got {compile!r}")
     return compile
@@ -179,12 +189,13 @@ class Engine:
         self.compile_failed = reason
         warnings.warn(f"torch.compile is not used ({reason}); scoring continues eagerly", stacklevel=3)
 
-    def _call(self, fn, *args, cached: bool = False, **kwargs):
-        """``fn(*args, **kwargs)``, where ``fn`` may run compiled code. Passes over a key/value cache run
-        eagerly (its per-layer state would recompile every layer); a compiler error falls back for good."""
+    def _call(self, fn, *args, **kwargs):
+        """``fn(*args, **kwargs)``, where ``fn`` may run compiled code. Passes that use a key/value cache
+        (``use_cache=True``) run eagerly: its per-layer state would recompile every layer. A compiler error
+        falls back to eager for good."""
         if not self.compiled:
             return fn(*args, **kwargs)
-        if cached:
+        if kwargs.get("use_cache"):
             with torch.compiler.set_stance("force_eager"):
                 return fn(*args, **kwargs)
         try:
@@ -249,13 +260,12 @@ class Engine:
         self.forward_passes += 1
         if self._head_only:
             hidden = self._call(self.backbone, input_ids=ids, attention_mask=mask, use_cache=past is not None,
-                                cached=past is not None, **kwargs).last_hidden_state
+                                **kwargs).last_hidden_state
             lp = self._gather_logprobs(hidden, rows, cols, targets)
         else:
             logits = self._call(self.model, input_ids=ids, attention_mask=mask, use_cache=past is not None,
-                                cached=past is not None, **kwargs).logits
-            sel = logits[rows, cols].float()
-            lp = sel.gather(1, targets[:, None])[:, 0] - torch.logsumexp(sel, dim=-1)
+                                **kwargs).logits
+            lp = logprobs_of(logits[rows, cols].float(), targets)
         lp = lp.float().cpu().numpy()
         bounds = np.cumsum([0] + [len(r.ids) - r.start for r in reqs])
         return [lp[bounds[i]: bounds[i + 1]] for i in range(len(reqs))]
@@ -305,7 +315,7 @@ class Engine:
             raise ValueError("prefixed_logprobs needs a non-empty prefix")
         ids = torch.tensor([prefix], device=self.device)
         self.forward_passes += 1
-        out = self._call(self.model, input_ids=ids, use_cache=True, logits_to_keep=1, cached=True)
+        out = self._call(self.model, input_ids=ids, use_cache=True, logits_to_keep=1)
         last = out.logits[0, -1].float()
         first = torch.log_softmax(last, dim=-1)
         # Continuations are scored from their own positions; a start of 0 needs the prefix's last logits.

@@ -156,7 +156,7 @@ def test_compiler_failure_falls_back_to_eager(compiled_engine, monkeypatch):
 
 
 def test_compile_setting_is_checked(monkeypatch):
-    assert resolve_compile(True) is True and resolve_compile("auto") == "auto"
+    assert resolve_compile(True) is True and resolve_compile("auto") == "auto" and resolve_compile("off") is False
     monkeypatch.setenv("HF_PROSPECTOR_COMPILE", "off")
     assert resolve_compile(None) is False
     with pytest.raises(ValueError, match="compile must be"):
