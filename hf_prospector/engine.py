@@ -11,14 +11,14 @@ Every scorer reduces to one request: "for each sequence, the log-probability of 
 4. restores the original order.
 
 On CUDA an out-of-memory error halves the micro-batch and retries. ``prefixed_logprobs`` serves the
-golden score: one prefix (a one-shot example) is encoded once and its key/value cache reused for a
-batch of continuations.
+golden score: one prefix (a one-shot example) is encoded once and its key/value cache shared, read-only,
+by every micro-batch of continuations (:class:`SharedPrefixCache`).
 
-Long runs are compiled: once the engine has spent ``COMPILE_AFTER_S`` seconds running the model (passes
-without a key/value cache), its decoder layers and the projection go through ``torch.compile`` (one
-graph shared by every layer, shapes dynamic), which fuses the normalisation, rotary and activation
-arithmetic that otherwise dominates on a CPU. Short runs never pay the compile time; passes over a
-key/value cache (the golden score's) and any compiler failure run eagerly.
+Long runs are compiled: once the engine has spent ``COMPILE_AFTER_S`` seconds running the model, its
+decoder layers and the projection go through ``torch.compile`` (shapes dynamic, one graph shared by every
+layer, one more for passes over a shared prefix), which fuses the normalisation, rotary and activation
+arithmetic that otherwise dominates on a CPU. Short runs never pay the compile time; the prefix's own pass
+and any compiler failure run eagerly.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from transformers.cache_utils import Cache, DynamicLayer
 
 # Seconds of eager model time after which ``compile="auto"`` compiles: a run that long is worth the
 # compile (tens of seconds on a CPU, cached on disk by torch for later runs).
@@ -116,6 +117,33 @@ def resolve_compile(compile: bool | str | None) -> bool | str:
     return compile
 
 
+class SharedPrefixCache(Cache):
+    """One prefix's key/value cache, shared read-only by a batch of continuations.
+
+    Each layer's ``update`` returns the prefix's keys and values, broadcast over the batch, followed by the
+    continuation's, and stores nothing: no copy of the prefix per micro-batch. The prefix's keys and values of
+    all layers sit in one tensor indexed by the layer number, which a compiled decoder layer takes as a runtime
+    integer, so one graph serves every layer (a list lookup would specialise, compiling once per layer).
+    Only for caches of plain full-attention layers (:meth:`supports`); sliding windows keep per-layer lengths.
+    """
+
+    def __init__(self, prefix: Cache):
+        super().__init__(layers=prefix.layers)  # the prefix's layers answer the mask's length questions
+        self.keys = torch.stack([layer.keys for layer in prefix.layers])
+        self.values = torch.stack([layer.values for layer in prefix.layers])
+
+    @staticmethod
+    def supports(cache: Cache) -> bool:
+        return bool(cache.layers) and all(type(layer) is DynamicLayer and layer.is_initialized for layer in cache.layers) \
+            and len({layer.keys.shape for layer in cache.layers}) == 1
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        batch = key_states.shape[0]
+        keys = torch.cat([self.keys[layer_idx].expand(batch, -1, -1, -1), key_states], dim=-2)
+        values = torch.cat([self.values[layer_idx].expand(batch, -1, -1, -1), value_states], dim=-2)
+        return keys, values
+
+
 @dataclass
 class Request:
     """Score ``ids[start:]``, each token predicted from the ones before it (so ``start >= 1``)."""
@@ -190,15 +218,19 @@ class Engine:
         warnings.warn(f"torch.compile is not used ({reason}); scoring continues eagerly", stacklevel=3)
 
     def _call(self, fn, *args, **kwargs):
-        """``fn(*args, **kwargs)``, where ``fn`` may run compiled code. Passes that use a key/value cache
-        (``use_cache=True``) run eagerly: its per-layer state would recompile every layer. A compiler error
-        falls back to eager for good."""
+        """``fn(*args, **kwargs)``, where ``fn`` may run compiled code. Passes over a :class:`SharedPrefixCache`
+        run compiled with the layer number as a runtime integer; other passes that use a key/value cache run
+        eagerly (its per-layer state would recompile every layer). A compiler error falls back to eager for good."""
         if not self.compiled:
             return fn(*args, **kwargs)
-        if kwargs.get("use_cache"):
+        shared = isinstance(kwargs.get("past_key_values"), SharedPrefixCache)
+        if kwargs.get("use_cache") and not shared:
             with torch.compiler.set_stance("force_eager"):
                 return fn(*args, **kwargs)
         try:
+            if shared:
+                with torch._dynamo.config.patch(allow_unspec_int_on_nn_module=True):
+                    return fn(*args, **kwargs)
             return fn(*args, **kwargs)
         except torch.cuda.OutOfMemoryError:
             raise
@@ -278,11 +310,13 @@ class Engine:
             try:
                 cache = None
                 if past is not None:
-                    cache = copy.deepcopy(past[0])
-                    cache.batch_repeat_interleave(len(batch))
+                    cache = past[0]
+                    if not isinstance(cache, SharedPrefixCache):  # a cache that grows: each batch its own copy
+                        cache = copy.deepcopy(cache)
+                        cache.batch_repeat_interleave(len(batch))
                 started = time.perf_counter()
                 results = self._run_batch([reqs[i] for i in batch], None if past is None else (cache, past[1]))
-                if past is None:  # only passes without a cache run compiled, so only they count
+                if past is None or cache is past[0]:  # passes that can run compiled count toward "auto"
                     self._account(time.perf_counter() - started)
             except torch.cuda.OutOfMemoryError:
                 if len(batch) == 1:
@@ -320,7 +354,10 @@ class Engine:
         first = torch.log_softmax(last, dim=-1)
         # Continuations are scored from their own positions; a start of 0 needs the prefix's last logits.
         shifted = [Request(c.ids, max(c.start, 1)) for c in continuations]
-        results = self._run_planned(shifted, past=(out.past_key_values, len(prefix)))
+        cache = out.past_key_values
+        if SharedPrefixCache.supports(cache):
+            cache = SharedPrefixCache(cache)
+        results = self._run_planned(shifted, past=(cache, len(prefix)))
         for k, c in enumerate(continuations):
             if c.start == 0:
                 results[k] = np.concatenate([[first[c.ids[0]].item()], results[k]]).astype(np.float32)

@@ -4,7 +4,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import hf_prospector.engine as engine_module
-from hf_prospector.engine import Engine, Request, plan_batches, resolve_compile, resolve_dtype
+from hf_prospector.engine import Engine, Request, SharedPrefixCache, plan_batches, resolve_compile, resolve_dtype
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +53,22 @@ def test_prefixed_logprobs_equal_full_recomputation(engine):
         full = prefix + c.ids
         ref = reference_logprobs(engine.model, full, len(prefix) + c.start)
         np.testing.assert_allclose(g, ref, atol=1e-4)
+
+
+def test_prefix_cache_copied_per_batch_where_it_cannot_be_shared(engine, monkeypatch):
+    """Caches the shared view does not support (sliding windows, say) are copied per micro-batch instead."""
+    prefix = [1, 50, 60, 70, 80]
+    conts = [Request([90, 91, 92, 93], 0), Request([100, 101], 1), Request(list(range(120, 160)), 10)]
+    cache = engine.model(input_ids=torch.tensor([prefix]), use_cache=True).past_key_values
+    assert SharedPrefixCache.supports(cache)  # the tiny Llama takes the shared path by default
+    shared = engine.prefixed_logprobs(prefix, conts)
+    monkeypatch.setattr(SharedPrefixCache, "supports", staticmethod(lambda cache: False))
+    copied = engine.prefixed_logprobs(prefix * 2, conts)  # twice: the copies must not leak into each other
+    copied_again = engine.prefixed_logprobs(prefix, conts)
+    for a, b in zip(shared, copied_again):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    for c, g in zip(conts, copied):
+        np.testing.assert_allclose(g, reference_logprobs(engine.model, prefix * 2 + c.ids, 10 + c.start), atol=1e-4)
 
 
 def test_bad_request_start(engine):
@@ -112,7 +128,7 @@ def test_compiled_engine_equals_eager_reference(compiled_engine):
     assert engine.compiled and engine.compile_failed is None  # it really ran compiled
     prefix = [1, 50, 60, 70, 80]
     conts = [Request([90, 91, 92, 93], 0), Request(list(range(120, 150)), 10)]
-    prefixed = engine.prefixed_logprobs(prefix, conts)  # key/value cache passes run eagerly
+    prefixed = engine.prefixed_logprobs(prefix, conts)  # compiled too, over the shared prefix cache
     assert engine.compile_failed is None
     with torch.compiler.set_stance("force_eager"):
         for r, g in zip(reqs, got):
