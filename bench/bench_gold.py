@@ -14,6 +14,9 @@ Agreement of ``gold_score``: ``GoldScorer(convention="nuggets", dtype="float32")
 
     python bench/bench_gold.py                                    # 30 candidates x 100 tasks, 3 rounds
     python bench/bench_gold.py --candidates 2 --tasks 8 --rounds 1   # a smoke run
+
+``--skip-agreement`` leaves out the three untimed agreement runs (two of them float32), which on 30
+candidates take longer than the timed rounds.
 """
 
 from __future__ import annotations
@@ -47,6 +50,26 @@ def score(scorer, ds, batch_size: int):
                 os.environ["HF_PROSPECTOR_CACHE"] = previous
 
 
+def agreement(runs, gold_scorer, ds, batch_size: int) -> list[list]:
+    """Rows of the agreement table, from untimed runs: float32 ``nuggets`` and bfloat16 ``nuggets`` against the
+    procedure's last round, and the defaults' last round against ``exact`` in float32."""
+    reference = runs["reference"][-1].result
+    default = np.array(runs["candidate"][-1].result["gold_score"], dtype=float)
+    nuggets32 = np.array(score(gold_scorer(convention="nuggets", dtype="float32"), ds, batch_size)["gold_score"])
+    nuggets = np.array(score(gold_scorer(convention="nuggets"), ds, batch_size)["gold_score"])
+    exact32 = np.array(score(gold_scorer(dtype="float32"), ds, batch_size)["gold_score"])
+    table = []
+    for name, a, b, target in [
+        ('GoldScorer(convention="nuggets", dtype="float32") vs procedure', nuggets32, reference,
+         f"max < {TARGET_FLOAT32:g}"),
+        ('GoldScorer(convention="nuggets") vs procedure', nuggets, reference, ""),
+        ('GoldScorer() vs GoldScorer(dtype="float32")', default, exact32, f"mean <= {TARGET_DEFAULT:g}"),
+    ]:
+        d = np.abs(a - b)
+        table.append([name, len(d), f"{d.max():.2e}", f"{d.mean():.4f}", target])
+    return table
+
+
 def main() -> None:
     parser = harness.parser(__doc__)
     parser.add_argument("--candidates", type=int, default=30, help="first rows of the candidates file")
@@ -56,6 +79,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=1000, help="ds.map batch size (datasets' default)")
     parser.add_argument("--candidates-file", default="alpaca_gpt4_9k.json", help="a json file in ../shared/data")
     parser.add_argument("--task-set", default="task_set_kmeans_100.json", help="a json file in ../shared/data")
+    parser.add_argument("--skip-agreement", action="store_true", help="time only; no agreement runs")
     args = parser.parse_args()
 
     from hf_prospector.models import load_causal_lm
@@ -102,27 +126,16 @@ def main() -> None:
     speed.append([f"speed ratio (target >= {TARGET_RATIO:g}x)", f"{ratio:.2f}x", "", "", ""])
     speed.append(["CPU-time ratio", f"{cpu_ratio:.2f}x", "", "", ""])
 
-    # Agreement, untimed.
-    reference = runs["reference"][-1].result
-    default = np.array(runs["candidate"][-1].result["gold_score"], dtype=float)
-    nuggets32 = np.array(score(gold_scorer(convention="nuggets", dtype="float32"), ds, args.batch_size)["gold_score"])
-    nuggets = np.array(score(gold_scorer(convention="nuggets"), ds, args.batch_size)["gold_score"])
-    exact32 = np.array(score(gold_scorer(dtype="float32"), ds, args.batch_size)["gold_score"])
-    table = []
-    for name, a, b, target in [
-        ('GoldScorer(convention="nuggets", dtype="float32") vs procedure', nuggets32, reference,
-         f"max < {TARGET_FLOAT32:g}"),
-        ('GoldScorer(convention="nuggets") vs procedure', nuggets, reference, ""),
-        ('GoldScorer() vs GoldScorer(dtype="float32")', default, exact32, f"mean <= {TARGET_DEFAULT:g}"),
-    ]:
-        d = np.abs(a - b)
-        table.append([name, len(d), f"{d.max():.2e}", f"{d.mean():.4f}", target])
-
+    table = [] if args.skip_agreement else agreement(runs, gold_scorer, ds, args.batch_size)
     print()
     speed_text = harness.print_table(["method", "seconds", "candidates/s", "peak RSS MB", "working MB"], speed)
     print()
-    agreement_text = harness.print_table(["agreement (gold_score)", "candidates", "max |diff|", "mean |diff|",
-                                          "target"], table)
+    if table:
+        agreement_text = harness.print_table(["agreement (gold_score)", "candidates", "max |diff|", "mean |diff|",
+                                              "target"], table)
+    else:
+        agreement_text = "agreement: skipped (--skip-agreement)"
+        print(agreement_text)
     load_end = harness.report_end_load()
     harness.save_results("bench_gold", {"candidates": len(candidates), "tasks": len(tasks), "rounds": args.rounds,
                                         "load_average": [load_start, load_end], "results": results,

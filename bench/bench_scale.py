@@ -6,13 +6,17 @@ cache file (removed afterwards). After every map batch the script records the ro
 time and the process's resident set, so the table shows whether memory grows with the rows scored.
 Time per 1,000 rows is the median over the batches after the first (which also pays for thread
 pools and kernel set-up). ``--limit`` scores only the first rows of each set, to save time: the
-time per 1,000 rows stays meaningful, but memory is then shown over those rows only.
+time per 1,000 rows stays meaningful, but memory is then shown over those rows only. ``--layers K``
+streams every row cheaply for the memory trace: SmolLM2-135M's config cut to K decoder layers, random
+weights, the same tokenizer, rows, micro-batches and ``ds.map`` path (its seconds per 1,000 rows are
+not the real model's; take those from a ``--limit`` run).
 
 Peak RSS is the process's high-water mark while the set is scored (reset before each set), the
 weights included; "growth" is RSS at the end minus RSS after the first batch.
 
     python bench/bench_scale.py                                  # 10k and 50k rows, all scored
     python bench/bench_scale.py --limit 3000                     # time on the first 3,000 of each
+    python bench/bench_scale.py --layers 2                       # every row, 2-layer model: memory
     python bench/bench_scale.py --sizes 64 256 --batch-size 32   # a smoke run
 """
 
@@ -24,6 +28,19 @@ import time
 from pathlib import Path
 
 import harness
+
+
+def cut_model(layers: int, folder: Path) -> str:
+    """SmolLM2-135M's config with ``layers`` decoder layers and random weights, saved with its tokenizer."""
+    from transformers import AutoModelForCausalLM
+
+    from hf_prospector.models import load_causal_lm
+
+    model, tokenizer = load_causal_lm(None)
+    model.config.num_hidden_layers = layers
+    AutoModelForCausalLM.from_config(model.config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
 
 
 class Probe:
@@ -47,17 +64,20 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="score only this many rows of each set")
     parser.add_argument("--batch-size", type=int, default=1000, help="ds.map batch size")
     parser.add_argument("--data", default="alpaca_52k.json", help="a json file in ../shared/data")
+    parser.add_argument("--layers", type=int, default=None,
+                        help="memory trace: SmolLM2-135M cut to this many layers, random weights (not its speed)")
     args = parser.parse_args()
 
     from hf_prospector.scorers import IFDScorer
 
-    harness.print_header(f"scale: IFDScorer() streaming the first {' and '.join(map(str, args.sizes))} rows of "
-                         f"{args.data}, map batches of {args.batch_size}", args)
+    model = "SmolLM2-135M" if args.layers is None else f"SmolLM2-135M cut to {args.layers} layers (random weights)"
+    harness.print_header(f"scale: IFDScorer() ({model}) streaming the first {' and '.join(map(str, args.sizes))} "
+                         f"rows of {args.data}, map batches of {args.batch_size}", args)
     load_start = harness.report_load("start")
-    scorer = IFDScorer()
-    scorer.engine()  # the model loads once; its weights are in every row of the table
     table, results = [], []
     with tempfile.TemporaryDirectory() as folder:
+        scorer = IFDScorer(model=None if args.layers is None else cut_model(args.layers, Path(folder) / "model"))
+        scorer.engine()  # the model loads once; its weights are in every row of the table
         for n in args.sizes:
             ds = harness.first_rows(args.data, n)
             scored = ds.select(range(min(args.limit, len(ds)))) if args.limit else ds
@@ -81,7 +101,7 @@ def main() -> None:
     text = harness.print_table(["rows", "scored", "s / 1,000 rows", "total s", "peak RSS MB",
                                 "RSS after 1st batch MB", "RSS at end MB", "growth MB"], table)
     load_end = harness.report_end_load()
-    harness.save_results("bench_scale", {"load_average": [load_start, load_end], "results": results,
+    harness.save_results("bench_scale", {"model": model, "load_average": [load_start, load_end], "results": results,
                                          "tables": [text]})
 
 

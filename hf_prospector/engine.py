@@ -134,8 +134,10 @@ class SharedPrefixCache(Cache):
 
     @staticmethod
     def supports(cache: Cache) -> bool:
-        return bool(cache.layers) and all(type(layer) is DynamicLayer and layer.is_initialized for layer in cache.layers) \
-            and len({layer.keys.shape for layer in cache.layers}) == 1
+        """Plain full-attention layers, all filled, all of one shape (so they stack)."""
+        layers = cache.layers
+        plain = all(type(layer) is DynamicLayer and layer.is_initialized for layer in layers)
+        return bool(layers) and plain and len({layer.keys.shape for layer in layers}) == 1
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
         batch = key_states.shape[0]
