@@ -95,7 +95,8 @@ def main() -> None:
                             "trace": probe.trace})
             table.append([f"{len(ds):,}", f"{len(scored):,}", f"{per_1000:.1f}", f"{m.seconds:.0f}",
                           f"{m.peak_rss:.0f}", f"{first_rss:.0f}", f"{end_rss:.0f}", f"{end_rss - first_rss:+.0f}"])
-            print(f"#   {len(ds):,} rows: {len(scored):,} scored in {m.seconds:.0f} s", flush=True)
+            print(f"#   {len(ds):,} rows: {len(scored):,} scored in {m.seconds:.0f} s, peak RSS {m.peak_rss:.0f} MB, "
+                  f"growth after the first batch {end_rss - first_rss:+.0f} MB", flush=True)
             del ds, scored
     print()
     text = harness.print_table(["rows", "scored", "s / 1,000 rows", "total s", "peak RSS MB",

@@ -131,9 +131,12 @@ def test_fingerprint_stable_across_processes_and_without_weights(tiny_model_dir,
     assert Hasher.hash(IFDScorer(str(tiny_model_dir), template="plain", max_length=512)) != before
 
 
-def test_with_rank_num_proc_equals_single_process(tiny_model_dir, alpaca):
-    scorer = IFDScorer(str(tiny_model_dir), dtype="float32")
-    single = alpaca.map(scorer, batched=True, load_from_cache_file=False)
+# Forked workers inherit the warning filters: a worker whose compiler fails (and falls back) fails the test.
+@pytest.mark.filterwarnings("error:torch.compile is not used")
+@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
+def test_with_rank_num_proc_equals_single_process(tiny_model_dir, alpaca, compile):
+    single = alpaca.map(IFDScorer(str(tiny_model_dir), dtype="float32"), batched=True, load_from_cache_file=False)
+    scorer = IFDScorer(str(tiny_model_dir), dtype="float32", compile=compile)  # each worker compiles its own
     multi = alpaca.map(scorer, batched=True, with_rank=True, num_proc=2, batch_size=2, load_from_cache_file=False)
     for col in ("loss_cond", "loss_uncond", "ifd"):
         np.testing.assert_allclose(multi[col], single[col], atol=1e-5, equal_nan=True)
