@@ -318,7 +318,7 @@ class Engine:
                         cache.batch_repeat_interleave(len(batch))
                 started = time.perf_counter()
                 results = self._run_batch([reqs[i] for i in batch], None if past is None else (cache, past[1]))
-                if past is None or cache is past[0]:  # passes that can run compiled count toward "auto"
+                if cache is None or isinstance(cache, SharedPrefixCache):  # the passes _call may compile count
                     self._account(time.perf_counter() - started)
             except torch.cuda.OutOfMemoryError:
                 if len(batch) == 1:
