@@ -12,7 +12,8 @@ weights, the same tokenizer, rows, micro-batches and ``ds.map`` path (its second
 not the real model's; take those from a ``--limit`` run).
 
 Peak RSS is the process's high-water mark while the set is scored (reset before each set), the
-weights included; "growth" is RSS at the end minus RSS after the first batch.
+weights included; "growth" is RSS at the end minus RSS after the first batch, and "2nd half" the growth
+over the second half of the rows scored (near 0 once memory has levelled off).
 
     python bench/bench_scale.py                                  # 10k and 50k rows, all scored
     python bench/bench_scale.py --limit 3000                     # time on the first 3,000 of each
@@ -89,18 +90,21 @@ def main() -> None:
                          for (r0, t0, _), (r1, t1, _) in zip(probe.trace, probe.trace[1:])]
             per_1000 = statistics.median(per_batch) if per_batch else m.seconds * 1000 / len(scored)
             first_rss, end_rss = probe.trace[0][2], probe.trace[-1][2]
+            half_rss = next(rss for done, _, rss in probe.trace if done >= len(scored) / 2)
             results.append({"rows": len(ds), "rows_scored": len(scored), "seconds": m.seconds,
                             "seconds_per_1000_rows": per_1000, "peak_rss_mb": m.peak_rss,
-                            "rss_after_first_batch_mb": first_rss, "rss_end_mb": end_rss,
+                            "rss_after_first_batch_mb": first_rss, "rss_end_mb": end_rss, "rss_half_mb": half_rss,
                             "trace": probe.trace})
             table.append([f"{len(ds):,}", f"{len(scored):,}", f"{per_1000:.1f}", f"{m.seconds:.0f}",
-                          f"{m.peak_rss:.0f}", f"{first_rss:.0f}", f"{end_rss:.0f}", f"{end_rss - first_rss:+.0f}"])
+                          f"{m.peak_rss:.0f}", f"{first_rss:.0f}", f"{end_rss:.0f}", f"{end_rss - first_rss:+.0f}",
+                          f"{end_rss - half_rss:+.0f}"])
             print(f"#   {len(ds):,} rows: {len(scored):,} scored in {m.seconds:.0f} s, peak RSS {m.peak_rss:.0f} MB, "
-                  f"growth after the first batch {end_rss - first_rss:+.0f} MB", flush=True)
+                  f"growth after the first batch {end_rss - first_rss:+.0f} MB, "
+                  f"over the 2nd half {end_rss - half_rss:+.0f} MB", flush=True)
             del ds, scored
     print()
     text = harness.print_table(["rows", "scored", "s / 1,000 rows", "total s", "peak RSS MB",
-                                "RSS after 1st batch MB", "RSS at end MB", "growth MB"], table)
+                                "RSS after 1st batch MB", "RSS at end MB", "growth MB", "2nd half MB"], table)
     load_end = harness.report_end_load()
     harness.save_results("bench_scale", {"model": model, "load_average": [load_start, load_end], "results": results,
                                          "tables": [text]})

@@ -119,10 +119,13 @@ def compiled_engine(tiny_model_dir):
                   compile=True)
 
 
-def test_compiled_engine_equals_eager_reference(compiled_engine):
-    """Compiled decoder layers give the eager model's log-probabilities, cached passes included."""
+def test_compiled_engine_equals_eager_reference(compiled_engine, tiny_model_dir):
+    """Compiled decoder layers give the eager model's log-probabilities, cached passes included. On a CPU they
+    compute attention as the model's own arithmetic; the reference is the model as it loads (SDPA)."""
     engine = compiled_engine
-    assert engine.compiled
+    assert engine.compiled and engine.model.config._attn_implementation == "eager"
+    reference = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert reference.config._attn_implementation == "sdpa"
     reqs = varied_requests(2)
     got = engine.logprobs(reqs)
     assert engine.compiled and engine.compile_failed is None  # it really ran compiled
@@ -132,9 +135,9 @@ def test_compiled_engine_equals_eager_reference(compiled_engine):
     assert engine.compile_failed is None
     with torch.compiler.set_stance("force_eager"):
         for r, g in zip(reqs, got):
-            np.testing.assert_allclose(g, reference_logprobs(engine.model, r.ids, r.start), atol=1e-4)
+            np.testing.assert_allclose(g, reference_logprobs(reference, r.ids, r.start), atol=1e-4)
         for c, g in zip(conts, prefixed):
-            np.testing.assert_allclose(g, reference_logprobs(engine.model, prefix + c.ids, len(prefix) + c.start),
+            np.testing.assert_allclose(g, reference_logprobs(reference, prefix + c.ids, len(prefix) + c.start),
                                        atol=1e-4)
 
 
@@ -167,6 +170,7 @@ def test_compiler_failure_falls_back_to_eager(compiled_engine, monkeypatch):
     with pytest.warns(UserWarning, match="torch.compile is not used"):
         got = engine.logprobs(reqs)
     assert not engine.compiled and "BackendCompilerFailed" in engine.compile_failed
+    assert engine.model.config._attn_implementation == "sdpa"  # the model is left with its own attention
     for r, g in zip(reqs, got):
         np.testing.assert_allclose(g, reference_logprobs(engine.model, r.ids, r.start), atol=1e-4)
 
@@ -190,3 +194,35 @@ def test_full_forward_path_equals_head_shortcut(engine):
         engine._head_only = True
     for a, b in zip(shortcut, full):
         np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def resident_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * engine_module.os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@pytest.mark.skipif(engine_module._malloc_trim() is None, reason="malloc_trim is glibc's")
+def test_release_freed_memory_returns_freed_blocks_to_the_os():
+    # Freeing a 16 MB block raises glibc's threshold for using mmap, so the 1 MB blocks that follow come from the
+    # heap; with one kept at its top, freeing the others returns nothing to the OS until the trim.
+    large = torch.ones(16 << 20, dtype=torch.uint8)
+    del large
+    blocks = [torch.ones(1 << 20, dtype=torch.uint8) for _ in range(200)]
+    kept = blocks.pop()
+    del blocks
+    before = resident_mb()
+    assert engine_module.release_freed_memory()
+    assert before - resident_mb() > 100
+    assert kept.sum() == 1 << 20
+
+
+def test_onednn_kernel_cache_bounded_unless_the_user_chose():
+    import subprocess
+    import sys
+
+    read = "import os, hf_prospector.engine; print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'])"
+    env = {k: v for k, v in engine_module.os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
+    unset = subprocess.run([sys.executable, "-c", read], env=env, capture_output=True, text=True, check=True)
+    chosen = subprocess.run([sys.executable, "-c", read], env={**env, "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64"},
+                            capture_output=True, text=True, check=True)
+    assert (unset.stdout.strip(), chosen.stdout.strip()) == ("256", "64")

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from .. import __version__
-from ..engine import Engine, resolve_compile
+from ..engine import Engine, release_freed_memory, resolve_compile
 from ..formats import ColumnMapping, batch_to_examples
 from ..models import DEFAULT_MODEL, load_causal_lm
 
@@ -81,7 +81,9 @@ class Scorer:
         indices = next((e for e in extra if isinstance(e, list)), None) or batch.get("row_id")
         rank = next((e for e in extra if isinstance(e, int)), None)
         examples = batch_to_examples(batch, self.mapping, indices, self.turn)
-        return self.score_examples(examples, self.engine(rank))
+        scores = self.score_examples(examples, self.engine(rank))
+        release_freed_memory()  # keeps a long run's memory flat (see the function)
+        return scores
 
     def score_examples(self, examples, engine: Engine) -> dict[str, list]:
         raise NotImplementedError

@@ -58,6 +58,15 @@ def test_batched_equals_one_row_at_a_time(tiny_model_dir, alpaca):
     assert together["n_response_tokens"] == alone["n_response_tokens"]
 
 
+def test_freed_memory_released_after_every_map_batch(tiny_model_dir, alpaca, monkeypatch):
+    import hf_prospector.scorers.base as base
+
+    calls = []
+    monkeypatch.setattr(base, "release_freed_memory", lambda: calls.append(1))
+    alpaca.map(IFDScorer(str(tiny_model_dir), dtype="float32"), batched=True, batch_size=2, load_from_cache_file=False)
+    assert len(calls) == 3  # 5 rows in batches of 2
+
+
 def test_empty_response_kept_with_nan_and_reason(tiny_model_dir, alpaca):
     out = alpaca.map(IFDScorer(str(tiny_model_dir), dtype="float32"), batched=True)
     assert len(out) == len(alpaca) and set(IFD_COLUMNS) <= set(out.column_names)
