@@ -11,8 +11,8 @@ streams every row cheaply for the memory trace: SmolLM2-135M's config cut to K d
 weights, the same tokenizer, rows, micro-batches and ``ds.map`` path (its seconds per 1,000 rows are
 not the real model's; take those from a ``--limit`` run).
 
-Peak RSS is the process's high-water mark while the set is scored (reset before each set), the
-weights included; "growth" is RSS at the end minus RSS after the first batch, and "2nd half" the growth
+Peak RSS is the process's high-water mark while the set is scored (reset before each set and read and
+reset around every map batch, so the trace also holds each batch's own peak), the weights included; "growth" is RSS at the end minus RSS after the first batch, and "2nd half" the growth
 over the second half of the rows scored (near 0 once memory has levelled off).
 
     python bench/bench_scale.py                                  # 10k and 50k rows, all scored
@@ -45,17 +45,23 @@ def cut_model(layers: int, folder: Path) -> str:
 
 
 class Probe:
-    """Calls the scorer on a map batch and records (rows done, seconds since start, RSS) after it."""
+    """Calls the scorer on a map batch and records (rows done, seconds since start, RSS after it, peak RSS during
+    it); ``peak`` is the highest RSS from the map's start (reset by the caller), between batches included."""
 
     def __init__(self, scorer):
         self.scorer = scorer
-        self.trace: list[tuple[int, float, float]] = []
+        self.trace: list[tuple[int, float, float, float]] = []
         self.start = time.perf_counter()
+        self.peak = 0.0
 
     def __call__(self, batch):
+        self.peak = max(self.peak, harness.peak_rss_mb())  # what the map did since the last batch
+        harness.reset_peak_rss()
         out = self.scorer(batch)
+        batch_peak = harness.peak_rss_mb()
+        self.peak = max(self.peak, batch_peak)
         done = (self.trace[-1][0] if self.trace else 0) + len(next(iter(batch.values())))
-        self.trace.append((done, time.perf_counter() - self.start, harness.rss_mb()))
+        self.trace.append((done, time.perf_counter() - self.start, harness.rss_mb(), batch_peak))
         return out
 
 
@@ -87,18 +93,21 @@ def main() -> None:
                 probe, batched=True, batch_size=args.batch_size, load_from_cache_file=False,
                 cache_file_name=str(Path(folder) / f"ifd_{n}.arrow")))
             per_batch = [(t1 - t0) * 1000 / (r1 - r0)
-                         for (r0, t0, _), (r1, t1, _) in zip(probe.trace, probe.trace[1:])]
+                         for (r0, t0, *_), (r1, t1, *_) in zip(probe.trace, probe.trace[1:])]
             per_1000 = statistics.median(per_batch) if per_batch else m.seconds * 1000 / len(scored)
             first_rss, end_rss = probe.trace[0][2], probe.trace[-1][2]
-            half_rss = next(rss for done, _, rss in probe.trace if done >= len(scored) / 2)
+            half_rss = next(rss for done, _, rss, _ in probe.trace if done >= len(scored) / 2)
+            peak = max(m.peak_rss, probe.peak)
+            peak_batch = max(probe.trace, key=lambda entry: entry[3])
             results.append({"rows": len(ds), "rows_scored": len(scored), "seconds": m.seconds,
-                            "seconds_per_1000_rows": per_1000, "peak_rss_mb": m.peak_rss,
+                            "seconds_per_1000_rows": per_1000, "peak_rss_mb": peak,
                             "rss_after_first_batch_mb": first_rss, "rss_end_mb": end_rss, "rss_half_mb": half_rss,
                             "trace": probe.trace})
             table.append([f"{len(ds):,}", f"{len(scored):,}", f"{per_1000:.1f}", f"{m.seconds:.0f}",
-                          f"{m.peak_rss:.0f}", f"{first_rss:.0f}", f"{end_rss:.0f}", f"{end_rss - first_rss:+.0f}",
+                          f"{peak:.0f}", f"{first_rss:.0f}", f"{end_rss:.0f}", f"{end_rss - first_rss:+.0f}",
                           f"{end_rss - half_rss:+.0f}"])
-            print(f"#   {len(ds):,} rows: {len(scored):,} scored in {m.seconds:.0f} s, peak RSS {m.peak_rss:.0f} MB, "
+            print(f"#   {len(ds):,} rows: {len(scored):,} scored in {m.seconds:.0f} s, peak RSS {peak:.0f} MB "
+                  f"(highest in a batch: {peak_batch[3]:.0f} MB, the one ending at row {peak_batch[0]:,}), "
                   f"growth after the first batch {end_rss - first_rss:+.0f} MB, "
                   f"over the 2nd half {end_rss - half_rss:+.0f} MB", flush=True)
             del ds, scored
