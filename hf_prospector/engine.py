@@ -20,7 +20,7 @@ layer, one more for passes over a shared prefix), which fuses the normalisation,
 arithmetic that otherwise dominates on a CPU. Short runs never pay the compile time; the prefix's own pass
 and any compiler failure run eagerly.
 
-Memory stays flat however many rows a run scores: compiled on a CPU, attention is the model's own arithmetic
+Memory held between batches stays flat however many rows a run scores: compiled on a CPU, attention is the model's own arithmetic
 (CPU flash attention keeps a generated kernel for every sequence length it meets), oneDNN's cache of kernels
 per matrix shape is bounded, and scorers hand freed memory back to the OS after each batch.
 """
