@@ -12,8 +12,9 @@ weights, the same tokenizer, rows, micro-batches and ``ds.map`` path (its second
 not the real model's; take those from a ``--limit`` run).
 
 Peak RSS is the process's high-water mark while the set is scored (reset before each set and read and
-reset around every map batch, so the trace also holds each batch's own peak), the weights included; "growth" is RSS at the end minus RSS after the first batch, and "2nd half" the growth
-over the second half of the rows scored (near 0 once memory has levelled off).
+reset around every map batch, so the trace also holds each batch's own peak), the weights included;
+"growth" is RSS at the end minus RSS after the first batch, and "2nd half" the growth over the second half
+of the rows scored (near 0 once memory has levelled off).
 
     python bench/bench_scale.py                                  # 10k and 50k rows, all scored
     python bench/bench_scale.py --limit 3000                     # time on the first 3,000 of each
