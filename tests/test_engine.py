@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -198,7 +202,7 @@ def test_full_forward_path_equals_head_shortcut(engine):
 
 def resident_mb() -> float:
     with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * engine_module.os.sysconf("SC_PAGE_SIZE") / 2**20
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 @pytest.mark.skipif(engine_module._malloc_trim() is None, reason="malloc_trim is glibc's")
@@ -217,11 +221,8 @@ def test_release_freed_memory_returns_freed_blocks_to_the_os():
 
 
 def test_onednn_kernel_cache_bounded_unless_the_user_chose():
-    import subprocess
-    import sys
-
     read = "import os, hf_prospector.engine; print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'])"
-    env = {k: v for k, v in engine_module.os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
+    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
     unset = subprocess.run([sys.executable, "-c", read], env=env, capture_output=True, text=True, check=True)
     chosen = subprocess.run([sys.executable, "-c", read], env={**env, "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64"},
                             capture_output=True, text=True, check=True)
