@@ -220,6 +220,43 @@ def test_release_freed_memory_returns_freed_blocks_to_the_os():
     assert kept.sum() == 1 << 20
 
 
+def fake_trim(monkeypatch) -> list[int]:
+    """Replaces malloc_trim; returns the list its calls are recorded in."""
+    trims = []
+    monkeypatch.setattr(engine_module, "_malloc_trim", lambda: lambda pad: trims.append(pad) or 1)
+    monkeypatch.setattr(engine_module, "_resident_after_release", 0)
+    return trims
+
+
+def test_release_if_grown_by_waits_until_the_process_has_grown(monkeypatch):
+    trims, resident = fake_trim(monkeypatch), [5000]
+    monkeypatch.setattr(engine_module, "resident_bytes", lambda: resident[0])
+    assert engine_module.release_freed_memory()  # unconditional; remembers 5000 bytes
+    resident[0] = 5099
+    assert not engine_module.release_freed_memory(if_grown_by=100)
+    assert len(trims) == 1
+    resident[0] = 5100
+    assert engine_module.release_freed_memory(if_grown_by=100)
+    assert len(trims) == 2
+    resident[0] = 5150  # measured from 5100 now
+    assert not engine_module.release_freed_memory(if_grown_by=100)
+    assert len(trims) == 2
+
+
+def test_engine_checks_freed_memory_after_every_micro_batch(engine, monkeypatch):
+    trims, grows = fake_trim(monkeypatch), iter(range(0, 1 << 40, 1 << 20))
+    monkeypatch.setattr(engine_module, "resident_bytes", lambda: next(grows))  # grows 1 MB per reading
+    reqs = varied_requests(3)
+    passes = engine.forward_passes
+    monkeypatch.setattr(engine_module, "FREED_MEMORY_SLACK", 1 << 40)
+    engine.logprobs(reqs)
+    assert trims == [] and engine.forward_passes - passes > 1
+    monkeypatch.setattr(engine_module, "FREED_MEMORY_SLACK", 1 << 20)
+    passes = engine.forward_passes
+    engine.logprobs(reqs)
+    assert len(trims) == engine.forward_passes - passes
+
+
 def test_onednn_kernel_cache_bounded_unless_the_user_chose():
     read = "import os, hf_prospector.engine; print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'])"
     env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
