@@ -55,7 +55,7 @@ os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "256")
 
 # Freed memory the process may hold before the engine hands it back within a batch. Freed blocks fragment the
 # heap, so, unreturned, a 1,000-row batch's peak climbed 1,415 -> 2,316 MB over rows 20k-32k of a long run; with
-# this check after each micro-batch it stays 170-310 MB above the memory in use, for ~12 trims per 1,000 rows.
+# this check after each micro-batch it stays 270-310 MB above the memory in use, for ~12 trims per 1,000 rows.
 FREED_MEMORY_SLACK = 256 * 2**20
 
 
