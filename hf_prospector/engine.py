@@ -388,9 +388,9 @@ class Engine:
                         cache.batch_repeat_interleave(len(batch))
                 started = time.perf_counter()
                 results = self._run_batch([reqs[i] for i in batch], None if past is None else (cache, past[1]))
-                release_freed_memory(if_grown_by=FREED_MEMORY_SLACK)
                 if cache is None or isinstance(cache, SharedPrefixCache):  # the passes _call may compile count
                     self._account(time.perf_counter() - started)
+                release_freed_memory(if_grown_by=FREED_MEMORY_SLACK)  # after the timing: not model time
             except torch.cuda.OutOfMemoryError:
                 if len(batch) == 1:
                     raise

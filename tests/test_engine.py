@@ -200,11 +200,6 @@ def test_full_forward_path_equals_head_shortcut(engine):
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
-def resident_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
 @pytest.mark.skipif(engine_module._malloc_trim() is None, reason="malloc_trim is glibc's")
 def test_release_freed_memory_returns_freed_blocks_to_the_os():
     # Freeing a 16 MB block raises glibc's threshold for using mmap, so the 1 MB blocks that follow come from the
@@ -214,9 +209,9 @@ def test_release_freed_memory_returns_freed_blocks_to_the_os():
     blocks = [torch.ones(1 << 20, dtype=torch.uint8) for _ in range(200)]
     kept = blocks.pop()
     del blocks
-    before = resident_mb()
+    before = engine_module.resident_bytes() / 2**20
     assert engine_module.release_freed_memory()
-    assert before - resident_mb() > 100
+    assert before - engine_module.resident_bytes() / 2**20 > 100
     assert kept.sum() == 1 << 20
 
 
