@@ -102,6 +102,10 @@ class ScriptEncoder:
         """``encode(text)`` with the tokenizer's default special tokens, cut to ``max_length`` when given."""
         return list(self.tokenizer(text, truncation=max_length is not None, max_length=max_length)["input_ids"])
 
+    def encode_many(self, examples: list[Example]) -> list[EncodedRow]:
+        """Row by row, as the scripts tokenize (several dependent calls per row)."""
+        return [self.encode(e) for e in examples]
+
     def response_span(self, text: str, response: str, max_length: int) -> tuple[list[int], int, bool]:
         """The scripts' ``part_text``: ids of ``text`` cut to ``max_length``, where the response starts, and
         whether ``text`` was cut.

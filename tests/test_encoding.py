@@ -81,3 +81,17 @@ def test_no_bos_skips_first_response_token_in_both_passes():
     assert enc.cond == [7, 8, 10, 11, 12] and enc.cond_start == 3 and enc.n_response_tokens == 2
     one = PairEncoder(tok).encode_ids([7, 8], [10])
     assert one.cond is None and "no response token" in one.note
+
+
+def test_encode_many_equals_one_text_at_a_time(tok):
+    rows = [ex("Give three tips.", " hello world", "for health"), ex("Say something.", "   "),
+            ex("Translate: chat", "le chat"), ex("Count.", "one two three " * 40)]
+    for template in ("plain", "alpaca", "chat"):
+        encoder = PairEncoder(tok, template, max_length=64, min_response_tokens=4)
+        batched = encoder.encode_many(rows)
+        for e, got in zip(rows, batched):
+            if not e.response.strip():
+                assert got.cond is None and "empty response" in got.note
+                continue
+            context = tok(render_context(e, template, tok), add_special_tokens=False).input_ids
+            assert got == encoder.encode_ids(context, tok(e.response, add_special_tokens=False).input_ids)

@@ -50,7 +50,7 @@ class IFDScorer(Scorer):
     def score_examples(self, examples, engine: Engine) -> dict[str, list]:
         encoder = make_encoder(self.convention, engine.tokenizer, self.template, self.max_length,
                                self.min_response_tokens)
-        encoded = [encoder.encode(e) for e in examples]
+        encoded = encoder.encode_many(examples)
         scorable = [k for k, e in enumerate(encoded) if e.cond is not None]
         requests = [Request(encoded[k].cond, encoded[k].cond_start) for k in scorable]
         requests += [Request(encoded[k].uncond, encoded[k].uncond_start) for k in scorable]
