@@ -259,3 +259,26 @@ def test_onednn_kernel_cache_bounded_unless_the_user_chose():
     chosen = subprocess.run([sys.executable, "-c", read], env={**env, "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64"},
                             capture_output=True, text=True, check=True)
     assert (unset.stdout.strip(), chosen.stdout.strip()) == ("256", "64")
+
+
+def test_aligned_head_projects_as_the_head_does():
+    torch.manual_seed(0)
+    hidden = torch.randn(7, 16)
+    for bias in (False, True):
+        head = torch.nn.Linear(16, 50, bias=bias)  # 50 is not a multiple of 64
+        aligned = engine_module.AlignedHead(head)
+        assert aligned.weight.shape == (64, 16)
+        torch.testing.assert_close(aligned(hidden), head(hidden))
+    assert isinstance(engine_module.scoring_head(head, torch.device("cuda")), engine_module.AlignedHead)
+    assert engine_module.scoring_head(head, torch.device("cpu")) is head  # CPUs: not measured to help
+    even = torch.nn.Linear(16, 128)
+    assert engine_module.scoring_head(even, torch.device("cuda")) is even
+
+
+def test_attention_kernels_leave_out_cudnn_on_cuda_only():
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+    with engine_module.attention_kernels(torch.device("cuda")):
+        assert not torch.backends.cuda.cudnn_sdp_enabled() and torch.backends.cuda.flash_sdp_enabled()
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+    with engine_module.attention_kernels(torch.device("cpu")):
+        assert torch.backends.cuda.cudnn_sdp_enabled()
