@@ -110,7 +110,13 @@ def process_state():
     import torch
     from accelerate import PartialState
 
-    return PartialState(cpu=not torch.cuda.is_available())
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if gpus and local > gpus:  # NCCL would fail with "invalid device ordinal" on the extra ranks
+        raise RuntimeError(f"{local} processes were launched on this machine but it has {gpus} GPU(s): launch one "
+                           f"per GPU (torchrun --nproc_per_node {gpus}, accelerate launch --num_processes {gpus}), "
+                           "or hide the GPUs (CUDA_VISIBLE_DEVICES=) to score on CPU ranks")
+    return PartialState(cpu=not gpus)
 
 
 def plan(manifest: dict | None, identity: dict, has_parts: bool, output_exists: bool, fresh: bool) -> str:

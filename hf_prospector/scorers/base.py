@@ -17,6 +17,13 @@ from ..formats import ColumnMapping, batch_to_examples
 from ..models import DEFAULT_MODEL, load_causal_lm
 
 
+FORKED_CUDA = (
+    "this ds.map worker was forked from a process that had already used CUDA, and CUDA cannot start again in a "
+    "forked process. Before ds.map(..., num_proc=...), call multiprocess.set_start_method('spawn', force=True) "
+    "(workers then start fresh; a scorer travels as its settings and loads its own model), or run the "
+    "multi-process map before anything in this process uses the GPU")
+
+
 def pick_device(device: str | None, rank: int | None) -> str:
     """An explicit device wins; otherwise GPU ``rank % count`` (GPU 0 without a rank), or the CPU."""
     if device is not None:
@@ -67,6 +74,8 @@ class Scorer:
         """The engine for this process's device, loaded on first use."""
         device = pick_device(self.device, rank)
         if device not in self._engines:
+            if torch.device(device).type == "cuda" and torch.cuda._is_in_bad_fork():
+                raise RuntimeError(FORKED_CUDA)
             if rank is not None and device == "cpu":
                 # A forked `num_proc` worker inherits OpenMP's thread-pool state from its parent, and a
                 # parallel region there can hang: one thread per worker is safe (use num_proc = cores).

@@ -7,8 +7,8 @@ import datasets
 import numpy as np
 import pytest
 
-from hf_prospector.runner import (RunMismatchError, nan_summary, plan, require_unique_row_ids, score_run,
-                                  work_dir)
+from hf_prospector.runner import (RunMismatchError, nan_summary, plan, process_state, require_unique_row_ids,
+                                  score_run, work_dir)
 from hf_prospector.scorers import IFD_COLUMNS, IFDScorer
 from hf_prospector.sources import load_rows
 from tests.cli.counting import CountingScorer, ScorerFailed
@@ -175,3 +175,13 @@ def test_an_output_folder_that_is_not_a_dataset_is_never_replaced(rows, tiny_mod
     with pytest.raises(FileExistsError, match="not a saved dataset"):
         run(rows, s, precious)
     assert s.scored == [] and (precious / "thesis.txt").read_text() == "keep me"
+
+
+def test_more_local_ranks_than_gpus_is_refused_with_what_to_do(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    with pytest.raises(RuntimeError, match=r"2 processes .* 1 GPU\(s\).*--nproc_per_node 1.*CUDA_VISIBLE_DEVICES"):
+        process_state()

@@ -1,6 +1,7 @@
 """``torchrun --nproc_per_node 2 -m hf_prospector score``: two real ranks give what one process gives."""
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -25,7 +26,8 @@ def test_two_ranks_give_the_columns_and_order_of_one_process(tiny_model_dir, tmp
 
     launches = {"two": ["torchrun", "--standalone", "--nproc_per_node", "2", *args, "--output", str(tmp_path / "two")],
                 "one": [sys.executable, *args, "--output", str(tmp_path / "one")]}
-    procs = {name: subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # CPU ranks over gloo, on a GPU machine too
+    procs = {name: subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
              for name, cmd in launches.items()}  # side by side: the test takes as long as the slower one
     outputs = {name: proc.communicate(timeout=600) for name, proc in procs.items()}
     for name, proc in procs.items():

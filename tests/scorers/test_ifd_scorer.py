@@ -1,8 +1,10 @@
+import contextlib
 import math
 import subprocess
 import sys
 
 import datasets
+import multiprocess
 import numpy as np
 import pytest
 import torch
@@ -140,13 +142,35 @@ def test_fingerprint_stable_across_processes_and_without_weights(tiny_model_dir,
     assert Hasher.hash(IFDScorer(str(tiny_model_dir), template="plain", max_length=512)) != before
 
 
+@contextlib.contextmanager
+def workers_that_can_use_cuda():
+    """Where a GPU scores, spawn the map's workers, as the scorer's error tells users: CUDA cannot start again in
+    a process forked from one that used it (here the single-process run)."""
+    if not torch.cuda.is_available():
+        yield
+        return
+    before = multiprocess.get_start_method(allow_none=True)
+    multiprocess.set_start_method("spawn", force=True)
+    try:
+        yield
+    finally:
+        multiprocess.set_start_method(before, force=True)
+
+
 # Forked workers inherit the warning filters: a worker whose compiler fails (and falls back) fails the test.
 @pytest.mark.filterwarnings("error:torch.compile is not used")
 @pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
 def test_with_rank_num_proc_equals_single_process(tiny_model_dir, alpaca, compile):
     single = alpaca.map(IFDScorer(str(tiny_model_dir), dtype="float32"), batched=True, load_from_cache_file=False)
     scorer = IFDScorer(str(tiny_model_dir), dtype="float32", compile=compile)  # each worker compiles its own
-    multi = alpaca.map(scorer, batched=True, with_rank=True, num_proc=2, batch_size=2, load_from_cache_file=False)
+    with workers_that_can_use_cuda():
+        multi = alpaca.map(scorer, batched=True, with_rank=True, num_proc=2, batch_size=2, load_from_cache_file=False)
     for col in ("loss_cond", "loss_uncond", "ifd"):
         np.testing.assert_allclose(multi[col], single[col], atol=1e-5, equal_nan=True)
     assert multi["ifd_note"] == single["ifd_note"]
+
+
+def test_a_forked_worker_without_cuda_is_told_to_spawn(tiny_model_dir, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "_is_in_bad_fork", lambda: True)  # what CUDA reports in such a worker
+    with pytest.raises(RuntimeError, match="set_start_method\\('spawn'"):
+        IFDScorer(str(tiny_model_dir), device="cuda").engine(rank=1)
