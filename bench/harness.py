@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Callable
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+# The shared data sets beside the checkout; HF_PROSPECTOR_SHARED_DATA names another folder (a GPU machine's copy).
+SHARED_DATA = Path(os.environ.get("HF_PROSPECTOR_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 RESULTS = REPO_ROOT / "bench" / "results"
 if str(REPO_ROOT) not in sys.path:  # the Superfiltering reference lives in tests/scorers/paper_reference.py
     sys.path.insert(0, str(REPO_ROOT))
@@ -38,7 +39,7 @@ if str(REPO_ROOT) not in sys.path:  # the Superfiltering reference lives in test
 
 # -- data ---------------------------------------------------------------------------------------------
 def shared_file(name: str) -> Path:
-    """``../shared/data/<name>`` beside the checkout; without it the benchmark is skipped (exit 0)."""
+    """``<SHARED_DATA>/<name>``; without it the benchmark is skipped (exit 0)."""
     path = SHARED_DATA / name
     if not path.is_file():
         print(f"skipped: {path} is absent (the benchmarks read the shared data sets beside the checkout)")

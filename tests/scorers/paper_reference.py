@@ -60,11 +60,12 @@ def superfiltering_row(model, tokenizer, row: dict, max_length: int = 1024) -> d
 
     # get_perplexity_and_embedding_whole_text
     input_ids = tokenizer.encode(output_i, return_tensors="pt", truncation=True,
-                                 max_length=max_length - instruct_len + 1)
+                                 max_length=max_length - instruct_len + 1).to(model.device)
     loss_alone = model(input_ids, labels=input_ids.contiguous()).loss.item()
 
     # get_perplexity_and_embedding_part_text
-    input_ids = tokenizer.encode(whole_text, return_tensors="pt", truncation=True, max_length=max_length)
+    input_ids = tokenizer.encode(whole_text, return_tensors="pt", truncation=True,
+                                 max_length=max_length).to(model.device)
     start_token = len(tokenizer.encode(whole_text[:whole_text.rfind(output_i)]))
     labels = input_ids.clone()
     labels[0, :start_token] = -100
