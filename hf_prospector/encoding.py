@@ -97,7 +97,7 @@ class PairEncoder:
             self.cond_prefix = self.uncond_prefix = bos
 
     def ids(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return self.ids_many([text])[0]
 
     def encode(self, example: Example) -> EncodedRow:
         return self.encode_many([example])[0]

@@ -479,13 +479,14 @@ class Engine:
         self.forward_passes += 1
         with attention_kernels(self.device):
             out = self._call(self.model, input_ids=ids, use_cache=True, logits_to_keep=1)
-            first = torch.log_softmax(out.logits[0, -1].float(), dim=-1).cpu().numpy()
+            first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)  # to the host after the continuations
             # Continuations are scored from their own positions; a start of 0 needs the prefix's last logits.
             shifted = [Request(c.ids, max(c.start, 1)) for c in continuations]
             cache = out.past_key_values
             if SharedPrefixCache.supports(cache):
                 cache = SharedPrefixCache(cache)
             results = self._run_planned(shifted, past=(cache, len(prefix)))
+        first = first.cpu().numpy()
         for k, c in enumerate(continuations):
             if c.start == 0:
                 results[k] = np.concatenate([first[c.ids[:1]], results[k]]).astype(np.float32)
