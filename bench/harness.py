@@ -237,17 +237,19 @@ class FlopCounter:
             h.remove()
 
 
-def matmul_flops_per_s(dtype, size: int = 2048, repeats: int = 10) -> float:
-    """FLOP/s of ``size x size x size`` matrix products in ``dtype`` (the machine's attainable rate)."""
+def matmul_sample(dtype, seconds: float, size: int = 2048) -> tuple[float, float]:
+    """FLOPs done and seconds taken by ``size x size x size`` matrix products in ``dtype``, repeated for at
+    least ``seconds`` (the machine's attainable rate is their ratio)."""
     import torch
 
     a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     for _ in range(2):
         a @ b
-    start = time.perf_counter()
-    for _ in range(repeats):
+    start, done = time.perf_counter(), 0
+    while not done or time.perf_counter() - start < seconds:
         a @ b
-    return 2.0 * size ** 3 * repeats / (time.perf_counter() - start)
+        done += 1
+    return 2.0 * size ** 3 * done, time.perf_counter() - start
 
 
 # -- output -------------------------------------------------------------------------------------------
