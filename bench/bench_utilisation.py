@@ -18,7 +18,6 @@ long run reaches. Everything alternates in one process for ``--rounds`` rounds; 
 
 from __future__ import annotations
 
-import statistics
 import time
 
 import torch
@@ -42,7 +41,7 @@ class InStepMatmul:
     def __init__(self, model, dtype, seconds: float, every: float):
         self.dtype, self.sample_seconds, self.every = dtype, seconds, every
         self.reset()
-        self._handle = model.base_model.register_forward_pre_hook(torch.compiler.disable(self._maybe_sample))
+        model.base_model.register_forward_pre_hook(torch.compiler.disable(self._maybe_sample))
 
     def reset(self) -> None:
         self.flops = self.seconds = self.hook_seconds = 0.0
