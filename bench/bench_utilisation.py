@@ -118,7 +118,7 @@ def main() -> None:
     by_run = harness.interleave(runs, args.rounds)
     table, results = [], {}
     for label, rounds in by_run.items():
-        median = sorted(rounds, key=lambda m: m.result["of_matmul"])[(len(rounds) - 1) // 2].result
+        median = harness.median_run(rounds, key=lambda m: m.result["of_matmul"]).result
         compiled = label in engines and engines[label].compiled  # compile="auto": after a minute of model time
         results[label] = dict(median, compiled=compiled,
                               of_matmul_each_round=[m.result["of_matmul"] for m in rounds])

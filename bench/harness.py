@@ -179,9 +179,9 @@ def interleave(runs: dict[str, Callable], rounds: int) -> dict[str, list[Measure
     return out
 
 
-def median_run(measurements: list[Measurement]) -> Measurement:
-    """The round with the median time (the lower middle one for an even count)."""
-    ordered = sorted(measurements, key=lambda m: m.seconds)
+def median_run(measurements: list[Measurement], key: Callable = lambda m: m.seconds) -> Measurement:
+    """The round with the median ``key``, by default its time (the lower middle one for an even count)."""
+    ordered = sorted(measurements, key=key)
     return ordered[(len(ordered) - 1) // 2]
 
 
