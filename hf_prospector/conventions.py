@@ -80,23 +80,26 @@ def unscorable(note: str) -> EncodedRow:
     return EncodedRow(None, 0, None, 0, 0, note)
 
 
-def make_encoder(convention: str, tokenizer, template: str, max_length: int, min_response_tokens: int | None):
-    """The encoder of ``convention`` (settings as returned by :func:`resolve_settings`)."""
+def make_encoder(convention: str, tokenizer, template: str, max_length: int, min_response_tokens: int | None,
+                 budget: str | None = None):
+    """The encoder of ``convention`` (settings as returned by :func:`resolve_settings`); ``budget`` names the
+    limit in notes (default ``max_length=N``)."""
     if convention == "exact":
-        return PairEncoder(tokenizer, template, max_length, min_response_tokens)
+        return PairEncoder(tokenizer, template, max_length, min_response_tokens, budget)
     if convention == "superfiltering":
-        return SuperfilteringEncoder(tokenizer, max_length)
+        return SuperfilteringEncoder(tokenizer, max_length, budget)
     if convention == "cherry":
-        return CherryEncoder(tokenizer, max_length)
+        return CherryEncoder(tokenizer, max_length, budget)
     raise ValueError(f"unknown convention {convention!r}; choose one of {tuple(CONVENTIONS)}")
 
 
 class ScriptEncoder:
     """Tokenization as the scripts call it: ``tokenizer.encode(text, truncation=True, max_length=...)``."""
 
-    def __init__(self, tokenizer, max_length: int):
+    def __init__(self, tokenizer, max_length: int, budget: str | None = None):
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.budget = budget or f"max_length={max_length}"
 
     def tokens(self, text: str, max_length: int | None = None) -> list[int]:
         """``encode(text)`` with the tokenizer's default special tokens, cut to ``max_length`` when given."""
@@ -138,12 +141,12 @@ class SuperfilteringEncoder(ScriptEncoder):
         cond, start, cut = self.response_span(prompt + output, output, self.max_length)
         if start >= len(cond):
             return unscorable(f"NaN: the prompt ({start} tokens) leaves no response token "
-                              f"within max_length={self.max_length}")
+                              f"within {self.budget}")
         uncond = self.tokens(output, self.max_length - n_prompt + 1)
         if len(uncond) < 2:
             return unscorable("NaN: the response alone is one token, which the script's "
                               "unconditioned pass cannot score (nothing before it)")
-        note = f"response cut to {len(cond) - start} tokens by max_length={self.max_length}" if cut else ""
+        note = f"response cut to {len(cond) - start} tokens by {self.budget}" if cut else ""
         return EncodedRow(cond, start, uncond, 1, len(cond) - start, note)
 
 
@@ -172,18 +175,18 @@ class CherryEncoder(ScriptEncoder):
         prompt = render_context(example, "alpaca").removesuffix("\n")
         n_prompt = len(self.tokens(prompt, self.max_length))
         if self.max_length - n_prompt <= 0:
-            return unscorable(f"NaN: the prompt fills max_length={self.max_length} "
+            return unscorable(f"NaN: the prompt fills {self.budget} "
                               "(the Cherry scripts skip the row)")
         uncond, uncond_start, _ = self.response_span(self.HEADER + output, output,
                                                      self.max_length - n_prompt + self.HEADER_BUDGET)
         cond, cond_start, cut = self.response_span(prompt + output, output, self.max_length)
         n_uncond, n_cond = len(uncond) - uncond_start, len(cond) - cond_start
         if n_uncond <= 0 or n_cond <= 0:
-            return unscorable("NaN: no response token is left within max_length="
-                              f"{self.max_length} (the Cherry scripts skip the row)")
+            return unscorable(f"NaN: no response token is left within {self.budget} "
+                              "(the Cherry scripts skip the row)")
         if n_prompt + n_uncond > self.max_length:
             return unscorable(f"NaN: prompt ({n_prompt} tokens) plus unconditioned response "
-                              f"({n_uncond} tokens) exceed max_length={self.max_length} "
+                              f"({n_uncond} tokens) exceed {self.budget} "
                               "(the Cherry scripts skip the row)")
-        note = f"response cut to {n_cond} tokens by max_length={self.max_length}" if cut else ""
+        note = f"response cut to {n_cond} tokens by {self.budget}" if cut else ""
         return EncodedRow(cond, cond_start, uncond, uncond_start, n_cond, note)

@@ -82,12 +82,16 @@ class EncodedRow:
 class PairEncoder:
     """Encodes examples for IFD-style scoring under one tokenizer, template and budget."""
 
-    def __init__(self, tokenizer, template: str = "plain", max_length: int = 1024, min_response_tokens: int = 16):
+    def __init__(self, tokenizer, template: str = "plain", max_length: int = 1024, min_response_tokens: int = 16,
+                 budget: str | None = None):
+        """``budget`` names the limit in notes (default ``max_length=N``; the scorers name the model's window when
+        it is the smaller)."""
         if template not in TEMPLATES:
             raise ValueError(f"unknown template {template!r}; choose one of {TEMPLATES}")
         self.tokenizer = tokenizer
         self.template = template
         self.max_length = max_length
+        self.budget = budget or f"max_length={max_length}"
         self.min_response_tokens = min_response_tokens
         bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
         if template == "chat":
@@ -122,14 +126,14 @@ class PairEncoder:
         need = min(self.min_response_tokens, len(response))
         if len(context) + need > room and self.min_response_tokens > 0:
             keep = max(room - need, 0)
-            notes.append(f"context cut from the left to {keep} of {len(context)} tokens")
+            notes.append(f"context cut from the left to {keep} of {len(context)} tokens by {self.budget}")
             context = context[len(context) - keep:] if keep else []
         if room - len(context) <= 0:
             return EncodedRow(None, 0, None, 0, 0,
                               f"NaN: context of {len(context)} tokens leaves no room for the response "
-                              f"within max_length={self.max_length}")
+                              f"within {self.budget}")
         if len(response) > room - len(context):
-            notes.append(f"response cut to {room - len(context)} of {len(response)} tokens")
+            notes.append(f"response cut to {room - len(context)} of {len(response)} tokens by {self.budget}")
             response = response[: room - len(context)]
         # Without a prefix token the first response token has no left neighbour in the unconditioned
         # pass; skip it in both passes so the two losses cover the same tokens.

@@ -37,6 +37,7 @@ import copy
 import ctypes
 import ctypes.util
 import functools
+import inspect
 import os
 import time
 import warnings
@@ -290,6 +291,10 @@ class Engine:
         self.backbone = self.model.base_model
         self.head = scoring_head(self.model.get_output_embeddings(), self.device)
         self.softcap = getattr(self.model.config, "final_logit_softcapping", None)
+        # Positions the model was trained on (GPT-2's n_positions answers to this name too); None: no stated limit.
+        self.context_window: int | None = getattr(self.model.config, "max_position_embeddings", None)
+        # transformers 5 renamed `past_key_values=` to `cache=` (the old name goes in 5.40); older releases know only it.
+        self._cache_arg = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
         self.forward_passes = 0  # micro-batches run; tests count work with it
         self._head_only = self._check_head_shortcut()
         self.compile = resolve_compile(compile)
@@ -341,7 +346,7 @@ class Engine:
         eagerly (its per-layer state would recompile every layer). A compiler error falls back to eager for good."""
         if not self.compiled:
             return fn(*args, **kwargs)
-        shared = isinstance(kwargs.get("past_key_values"), SharedPrefixCache)
+        shared = isinstance(kwargs.get(self._cache_arg), SharedPrefixCache)
         if kwargs.get("use_cache") and not shared:
             with torch.compiler.set_stance("force_eager"):
                 return fn(*args, **kwargs)
@@ -407,8 +412,8 @@ class Engine:
         if past is not None:
             cache, plen = past
             mask = torch.cat([torch.ones((len(reqs), plen), dtype=mask.dtype, device=self.device), mask], dim=1)
-            kwargs = dict(past_key_values=cache,
-                          position_ids=torch.arange(plen, plen + width, device=self.device).expand(len(reqs), -1))
+            kwargs = {self._cache_arg: cache,
+                      "position_ids": torch.arange(plen, plen + width, device=self.device).expand(len(reqs), -1)}
         self.forward_passes += 1
         if self._head_only:
             hidden = self._call(self.backbone, input_ids=ids, attention_mask=mask, use_cache=past is not None,
@@ -482,7 +487,7 @@ class Engine:
             first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)  # to the host after the continuations
             # Continuations are scored from their own positions; a start of 0 needs the prefix's last logits.
             shifted = [Request(c.ids, max(c.start, 1)) for c in continuations]
-            cache = out.past_key_values
+            cache = out.cache if self._cache_arg == "cache" else out.past_key_values
             if SharedPrefixCache.supports(cache):
                 cache = SharedPrefixCache(cache)
             results = self._run_planned(shifted, past=(cache, len(prefix)))

@@ -10,11 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from datasets import Dataset, Features, IterableDataset
 
 from .. import __version__
-from ..engine import Engine, release_freed_memory, resolve_compile
+from ..checks import require_int
+from ..engine import Engine, release_freed_memory, resolve_compile, resolve_dtype
 from ..formats import ColumnMapping, batch_to_examples
-from ..models import DEFAULT_MODEL, load_causal_lm
+from ..models import DEFAULT_MODEL, load_causal_lm, model_fingerprint
 
 
 FORKED_CUDA = (
@@ -22,6 +24,23 @@ FORKED_CUDA = (
     "forked process. Before ds.map(..., num_proc=...), call multiprocess.set_start_method('spawn', force=True) "
     "(workers then start fresh; a scorer travels as its settings and loads its own model), or run the "
     "multi-process map before anything in this process uses the GPU")
+
+
+def check_device(device: str | None) -> None:
+    """A device this machine has: ``cuda`` without a GPU (or a GPU index past the last) is refused before any work."""
+    if device is None:
+        return
+    try:
+        where = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device={device!r} is not a device torch knows ({err}); use e.g. 'cpu', 'cuda' or 'cuda:1'") from None
+    if where.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device!r} but torch sees no GPU here (torch {torch.__version__}); use "
+                             "device='cpu', leave device unset to use a GPU when there is one, or install a CUDA build of torch")
+        if where.index is not None and where.index >= torch.cuda.device_count():
+            raise ValueError(f"device={device!r} but this machine has {torch.cuda.device_count()} GPU(s), "
+                             f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
 
 
 def pick_device(device: str | None, rank: int | None) -> str:
@@ -34,15 +53,25 @@ def pick_device(device: str | None, rank: int | None) -> str:
 
 
 class Scorer:
-    """Base class: subclasses set ``columns`` and implement :meth:`score_examples`."""
+    """Base class: subclasses set ``features`` (the score columns and their types) and ``columns`` (their names)
+    and implement :meth:`score_examples`."""
 
+    features: Features = Features()
     columns: tuple[str, ...] = ()
 
     def __init__(self, model: str | None = None, revision: str | None = None, dtype: str = "auto",
                  device: str | None = None, token_budget: int | None = None,
                  columns: ColumnMapping | dict | None = None, turn: str = "last", compile: bool | str | None = None):
+        # Settings that cannot work fail here, not in a worker after the model has loaded.
+        resolve_dtype(dtype, torch.device("cpu"))
+        check_device(device)
+        if token_budget is not None:
+            require_int("token_budget", token_budget, 1)
         self.model = model or DEFAULT_MODEL
         self.revision = revision
+        # The weights' identity (file sizes and times, or the Hub commit): a model retrained into the same folder
+        # changes the fingerprint of the scores, so neither the datasets cache nor a resumed run serves stale ones.
+        self.model_fingerprint = model_fingerprint(self.model, revision)
         self.dtype = dtype
         self.device = device
         self.token_budget = token_budget
@@ -57,7 +86,8 @@ class Scorer:
     # -- settings and pickling ---------------------------------------------------------------------
     def settings(self) -> dict[str, Any]:
         """Everything that changes the scores; recorded in provenance and hashed into the fingerprint."""
-        return {"scorer": type(self).__name__, "model": self.model, "revision": self.revision, "dtype": self.dtype,
+        return {"scorer": type(self).__name__, "model": self.model, "revision": self.revision,
+                "model_fingerprint": self.model_fingerprint, "dtype": self.dtype,
                 "columns": None if self.mapping is None else vars(self.mapping), "turn": self.turn,
                 "library_version": __version__}
 
@@ -96,3 +126,28 @@ class Scorer:
 
     def score_examples(self, examples, engine: Engine) -> dict[str, list]:
         raise NotImplementedError
+
+    def score(self, ds: Dataset | IterableDataset, **map_kwargs) -> Dataset | IterableDataset:
+        """``ds.map(self, batched=True, with_indices=True, **map_kwargs)``, and a dataset of 0 rows gets the score
+        columns too (typed, empty): ``Dataset.map`` returns an empty dataset unchanged, so the next step would
+        find no score column."""
+        if isinstance(ds, Dataset) and len(ds) == 0:
+            return add_empty_columns(ds, self.features)
+        return ds.map(self, batched=True, with_indices=True, **map_kwargs)
+
+
+def within_window(max_length: int, engine: Engine) -> tuple[int, str]:
+    """``max_length`` capped at the model's context window, and how notes name that budget: a row scored past
+    the positions the model was trained on would get a number that means nothing."""
+    window = engine.context_window
+    if window is None or max_length <= window:
+        return max_length, f"max_length={max_length}"
+    return window, f"the model's context window of {window} tokens (max_length={max_length} was asked)"
+
+
+def add_empty_columns(ds: Dataset, features: Features) -> Dataset:
+    """``ds`` (0 rows) with each column of ``features`` added, typed, replacing a column of the same name."""
+    ds = ds.remove_columns([c for c in features if c in ds.column_names])
+    for name, feature in features.items():
+        ds = ds.add_column(name, [], feature=feature)
+    return ds

@@ -28,15 +28,19 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from datasets import Features, Value
 
+from ..checks import require_int
 from ..encoding import PairEncoder
 from ..engine import Engine, Request
 from ..formats import Example, batch_to_examples
 from ..models import cache_dir
 from ..tasksets import load_task_set
-from .base import Scorer
+from .base import Scorer, within_window
 
-GOLD_COLUMNS = ("gold_score", "gold_delta", "gold_wins", "n_tasks", "gold_note")
+GOLD_FEATURES = Features({"gold_score": Value("float64"), "gold_delta": Value("float64"), "gold_wins": Value("int64"),
+                          "n_tasks": Value("int64"), "gold_note": Value("string")})
+GOLD_COLUMNS = tuple(GOLD_FEATURES)
 GOLD_CONVENTIONS = ("exact", "nuggets")
 NUGGETS_TASK_TOKENS = 200
 _SEPARATOR = "\n\n"
@@ -64,17 +68,21 @@ def nuggets_prompt(ex: Example) -> tuple[str, str]:
 class GoldEncoder:
     """Token ids of candidates and tasks under one convention, template and budget."""
 
-    def __init__(self, tokenizer, convention: str, template: str, max_length: int, task_max_length: int):
+    def __init__(self, tokenizer, convention: str, template: str, max_length: int, task_max_length: int,
+                 budget: str | None = None, window: int | None = None):
         self.tokenizer = tokenizer
+        self.window = window  # the model's context window: NUGGETS' uncut candidates must still fit in it
         self.convention = convention
         self.task_max_length = task_max_length
         self.separator = self.ids(_SEPARATOR)
+        budget = budget or f"max_length={max_length}"
         if max_length - task_max_length - len(self.separator) < 2:
-            raise ValueError(f"max_length={max_length} leaves no room for a candidate beside "
-                             f"task_max_length={task_max_length}")
+            raise ValueError(f"{budget} leaves no room for a candidate beside task_max_length={task_max_length}; "
+                             "lower task_max_length")
         self.pairs = PairEncoder(tokenizer, template, task_max_length, min_response_tokens=16)
         self.candidates = PairEncoder(tokenizer, template, max_length - task_max_length - len(self.separator),
-                                      min_response_tokens=16)
+                                      min_response_tokens=16,
+                                      budget=f"{budget} less task_max_length={task_max_length}")
         self.bos = self.pairs.cond_prefix
 
     def ids(self, text: str, special: bool = False) -> list[int]:
@@ -97,7 +105,11 @@ class GoldEncoder:
         """The one-shot prefix for a candidate, or None and the reason it cannot be scored."""
         if self.convention == "nuggets":
             note = "empty response (scored, as the NUGGETS script does)" if not ex.response.strip() else ""
-            return self.ids(nuggets_prompt(ex)[1], special=True), note
+            ids = self.ids(nuggets_prompt(ex)[1], special=True)
+            if self.window is not None and len(ids) + NUGGETS_TASK_TOKENS > self.window:
+                return None, (f"NaN: the candidate's {len(ids)} tokens and a {NUGGETS_TASK_TOKENS}-token task exceed "
+                              f"the model's context window of {self.window} tokens")
+            return ids, note
         enc = self.candidates.encode(ex)  # BOS + context + response, exactly tokenized, within budget
         if enc.cond is None:
             return None, enc.note
@@ -112,10 +124,17 @@ class GoldScorer(Scorer):
     >>> ds = ds.map(GoldScorer(task_set="task_set_kmeans_100.json"), batched=True, batch_size=64)
     """
 
+    features = GOLD_FEATURES
     columns = GOLD_COLUMNS
 
     def __init__(self, model: str | None = None, task_set=None, template: str | None = None,
                  convention: str = "exact", max_length: int = 1024, task_max_length: int = 256, **kwargs):
+        require_int("max_length", max_length, 4)
+        require_int("task_max_length", task_max_length, 2)
+        if task_max_length + 2 >= max_length:
+            raise ValueError(f"task_max_length={task_max_length} leaves no room for a candidate within "
+                             f"max_length={max_length}: max_length must exceed task_max_length by more than the "
+                             "separator and two tokens (e.g. max_length=1024, task_max_length=256)")
         super().__init__(model, **kwargs)
         if convention not in GOLD_CONVENTIONS:
             raise ValueError(f"unknown convention {convention!r}; choose one of {GOLD_CONVENTIONS}")
@@ -151,15 +170,17 @@ class GoldScorer(Scorer):
 
     # -- zero-shot, cached -------------------------------------------------------------------------
     def _encoder(self, engine: Engine) -> GoldEncoder:
+        max_length, budget = within_window(self.max_length, engine)
         return GoldEncoder(engine.tokenizer, self.convention, "plain" if self.template == "nuggets" else self.template,
-                           self.max_length, self.task_max_length)
+                           max_length, self.task_max_length, budget, engine.context_window)
 
     def _encoded_tasks(self, encoder: GoldEncoder) -> list[EncodedTask]:
         return [encoder.task(ex) for ex in batch_to_examples(self.task_rows, turn=self.turn)]
 
     def zero_shot(self, engine: Engine, tasks: list[EncodedTask]) -> tuple[np.ndarray, np.ndarray]:
         """Per task: (sum of answer log-probs, mean answer loss), computed once per settings and tasks."""
-        key = hashlib.sha256(json.dumps([self.model, self.revision, str(engine.dtype), engine.device.type,
+        key = hashlib.sha256(json.dumps([self.model, self.revision, self.model_fingerprint, str(engine.dtype),
+                                         engine.device.type,
                                          self.convention, [(t.zero_prefix, t.ids, t.start) for t in tasks]])
                              .encode()).hexdigest()[:24]
         if key in self._zero_shot:

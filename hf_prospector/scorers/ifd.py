@@ -15,12 +15,17 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from datasets import Features, Value
 
+from ..checks import require_int
 from ..conventions import make_encoder, resolve_settings
 from ..engine import Engine, Request
-from .base import Scorer
+from .base import Scorer, within_window
 
-IFD_COLUMNS = ("ppl_cond", "ppl_uncond", "ifd", "ifd_loss", "loss_cond", "loss_uncond", "n_response_tokens", "ifd_note")
+IFD_FEATURES = Features({**{c: Value("float64") for c in ("ppl_cond", "ppl_uncond", "ifd", "ifd_loss", "loss_cond",
+                                                          "loss_uncond")},
+                         "n_response_tokens": Value("int64"), "ifd_note": Value("string")})
+IFD_COLUMNS = tuple(IFD_FEATURES)
 
 
 class IFDScorer(Scorer):
@@ -31,6 +36,7 @@ class IFDScorer(Scorer):
     >>> ds = ds.map(IFDScorer(), batched=True)
     """
 
+    features = IFD_FEATURES
     columns = IFD_COLUMNS
 
     def __init__(self, model: str | None = None, convention: str = "exact", template: str | None = None,
@@ -38,18 +44,23 @@ class IFDScorer(Scorer):
         """``template``, ``max_length`` and ``min_response_tokens`` default to the convention's own (exact:
         ``plain``, 1024, 16; superfiltering: ``plain``, 1024; cherry: ``alpaca``, 512). A paper convention
         fixes its template, so another ``template=`` is an error."""
-        super().__init__(model, **kwargs)
+        if max_length is not None:
+            require_int("max_length", max_length, 2)
+        if min_response_tokens is not None:
+            require_int("min_response_tokens", min_response_tokens, 0)
         self.convention = convention
         self.template, self.max_length, self.min_response_tokens = resolve_settings(
             convention, template, max_length, min_response_tokens)
+        super().__init__(model, **kwargs)
 
     def settings(self):
         return {**super().settings(), "convention": self.convention, "template": self.template,
                 "max_length": self.max_length, "min_response_tokens": self.min_response_tokens}
 
     def score_examples(self, examples, engine: Engine) -> dict[str, list]:
-        encoder = make_encoder(self.convention, engine.tokenizer, self.template, self.max_length,
-                               self.min_response_tokens)
+        max_length, budget = within_window(self.max_length, engine)
+        encoder = make_encoder(self.convention, engine.tokenizer, self.template, max_length, self.min_response_tokens,
+                               budget)
         encoded = encoder.encode_many(examples)
         scorable = [k for k, e in enumerate(encoded) if e.cond is not None]
         requests = [Request(encoded[k].cond, encoded[k].cond_start) for k in scorable]

@@ -172,5 +172,7 @@ def test_with_rank_num_proc_equals_single_process(tiny_model_dir, alpaca, compil
 
 def test_a_forked_worker_without_cuda_is_told_to_spawn(tiny_model_dir, monkeypatch):
     monkeypatch.setattr(torch.cuda, "_is_in_bad_fork", lambda: True)  # what CUDA reports in such a worker
+    scorer = IFDScorer(str(tiny_model_dir))
+    scorer.device = "cuda"  # as built in a parent process that has a GPU
     with pytest.raises(RuntimeError, match="set_start_method\\('spawn'"):
-        IFDScorer(str(tiny_model_dir), device="cuda").engine(rank=1)
+        scorer.engine(rank=1)
