@@ -1,3 +1,4 @@
+import logging
 import os
 import subprocess
 import sys
@@ -9,6 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import hf_prospector.engine as engine_module
 from hf_prospector.engine import Engine, Request, SharedPrefixCache, plan_batches, resolve_compile, resolve_dtype
+from hf_prospector.models import load_causal_lm
 
 
 @pytest.fixture(scope="module")
@@ -282,3 +284,18 @@ def test_attention_kernels_leave_out_cudnn_on_cuda_only():
     assert torch.backends.cuda.cudnn_sdp_enabled()
     with engine_module.attention_kernels(torch.device("cpu")):
         assert torch.backends.cuda.cudnn_sdp_enabled()
+
+
+def test_prefix_cache_is_passed_under_the_current_argument_name(tiny_model_dir, caplog):
+    """transformers renamed ``past_key_values=`` to ``cache=`` and drops the old name in 5.40: no deprecation."""
+    import transformers
+
+    model, tok = load_causal_lm(str(tiny_model_dir))
+    engine = Engine(model, tok, dtype="float32", compile=False)
+    transformers.logging.enable_propagation()
+    try:
+        with caplog.at_level(logging.WARNING):
+            engine.prefixed_logprobs([1, 5, 6, 7], [Request([8, 9, 10], 0), Request([11, 12], 1)])
+    finally:
+        transformers.logging.disable_propagation()
+    assert not [r for r in caplog.records if "deprecated" in r.getMessage()]
