@@ -275,21 +275,24 @@ class _Run:
         rename a corrupt one ``*.corrupt`` and one whose input changed ``*.stale``, so that their rows are
         scored again instead of failing the gather on every rerun."""
         parts = self._parts()
-        changed = []
+        positional = ROW_ID not in (self.source.column_names or [])
+        changed, corrupt = [], []
         for (a, b, path), (_, _, current) in zip(parts, self._input_rows([(a, b) for a, b, _ in parts])):
-            problem = _part_problem(path, a, b, current)
+            problem = _part_problem(path, a, b, current, positional)
             if problem == _INPUT_CHANGED:
                 changed.append((a, b, path))
                 os.replace(path, path.with_name(path.name + ".stale"))
             elif problem:
                 os.replace(path, path.with_name(path.name + ".corrupt"))
-                self.corrupt_parts.append(f"{path.name} ({problem})")
-                warnings.warn(f"{path} is corrupt ({problem}): set aside as {path.name}.corrupt; its rows {a}..{b} "
-                              "are scored again", RunWarning, stacklevel=2)
+                self.corrupt_parts.append(path.name)
+                corrupt.append(f"{path} is corrupt ({problem}): set aside as {path.name}.corrupt; its rows "
+                               f"{a}..{b} are scored again")
+        if corrupt:  # one warning naming them all
+            warnings.warn("\n".join(corrupt), RunWarning, stacklevel=2)
         self.rows_input_changed = sum(b - a for a, b, _ in changed)
         if changed:
             kept = sum(b - a for a, b, _ in self._parts())
-            warnings.warn(f"the input changed in {self.rows_input_changed} rows of {len(changed)} earlier parts "
+            warnings.warn(f"the input changed in {self.rows_input_changed} rows of {len(changed)} earlier part(s) "
                           f"(first: rows {changed[0][0]}..{changed[0][1]}): they are scored again; {kept} rows "
                           "of unchanged parts are kept", RunWarning, stacklevel=2)
 
@@ -559,22 +562,23 @@ def nan_summary(ds: Dataset, columns: tuple[str, ...]) -> tuple[int, dict[str, i
 _INPUT_CHANGED = "input changed"
 
 
-def _part_problem(path: Path, a: int, b: int, current: dict[str, list] | None) -> str | None:
-    """Why the part ``path`` (rows ``a:b``) cannot be kept: ``_INPUT_CHANGED`` when the input's rows ``a:b``
-    (``current``, None past the input's end) no longer hash as the part records, else what makes it corrupt,
-    else None."""
+def _part_problem(path: Path, a: int, b: int, current: dict[str, list] | None, positional: bool) -> str | None:
+    """Why the part ``path`` (rows ``a:b``) cannot be kept: what makes it corrupt (unreadable, or its rows
+    are not those its name says), else ``_INPUT_CHANGED`` when the input's rows ``a:b`` (``current``, None past
+    the input's end) no longer hash as the part records, else None. ``positional``: ``row_id`` is the row's
+    position, so the name alone says what it must be; an input's own ``row_id`` may have changed with it."""
     try:  # read whole: a truncated or damaged file fails here, whatever the error pyarrow finds
         table = pq.read_table(path)
         recorded = json.loads((table.schema.metadata or {}).get(PART_METADATA, b"{}")).get("input_rows")
+        ids = table.column(ROW_ID).to_pylist()
     except Exception as err:  # noqa: BLE001 -- any failure to read it makes the part corrupt
         return f"unreadable: {type(err).__name__}: {str(err)[:200]}"
     if table.num_rows != b - a:
         return f"{table.num_rows} rows where its name says {b - a}"
-    if current is None or recorded != _rows_hash(current):
-        return _INPUT_CHANGED
-    if ROW_ID not in table.column_names or table.column(ROW_ID).to_pylist() != current[ROW_ID]:
-        return f"its {ROW_ID}s are not those of the input's rows {a}..{b}"
-    return None
+    same_input = current is not None and recorded == _rows_hash(current)
+    if ids != (list(range(a, b)) if positional else current[ROW_ID] if same_input else ids):
+        return f"its row_ids are not those of the input's rows {a}..{b}"
+    return None if same_input else _INPUT_CHANGED
 
 
 def _rows_hash(rows: dict[str, list]) -> str:
