@@ -249,3 +249,17 @@ def test_a_changed_stream_keeps_only_the_parts_of_unchanged_rows(rows, tiny_mode
     third = scorer(tiny_model_dir)
     out, _ = run(stream, third, tmp_path / "out", source_name=str(data))
     assert sorted(third.scored) == list(range(N_ROWS)) and out["instruction"][8] == "Say goodbye."
+
+
+def test_the_command_line_and_recipes_take_overwrite(rows, tiny_model_dir, tmp_path, capsys):
+    from hf_prospector.cli import main
+    from hf_prospector.recipes import parse_recipe
+
+    theirs = tmp_path / "theirs.parquet"
+    rows.select(range(4)).to_parquet(str(theirs))
+    args = ["score", "demo", "--limit", "3", "--model", str(tiny_model_dir), "--dtype", "float32", "--max-length",
+            "96", "--show", "0", "--output", str(theirs)]
+    assert main(args) == 2
+    assert "already holds a .parquet file of 4 rows" in capsys.readouterr().err
+    assert main(args + ["--overwrite"]) == 0 and len(datasets.Dataset.from_parquet(str(theirs))) == 3
+    assert parse_recipe({"score": {"scorer": "ifd"}, "run": {"overwrite": True}}).run.overwrite is True
