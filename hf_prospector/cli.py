@@ -72,7 +72,8 @@ def score_step(inp: InputSpec, spec: ScoreSpec, run: RunSpec, fresh: bool = Fals
         rows, name = load_input(inp)
         scorer = build_scorer(spec)
     scored, summary = score_run(rows, scorer, run.output, source_name=name, batch_size=run.batch_size,
-                                part_rows=run.part_rows, part_seconds=run.part_seconds, fresh=fresh)
+                                part_rows=run.part_rows, part_seconds=run.part_seconds, fresh=fresh,
+                                overwrite=run.overwrite)
     if scored is not None:
         if show:
             print_table(scored, spec, show)
@@ -186,7 +187,7 @@ def cmd_score(args) -> None:
                         args.task_set, args.task_max_length, refine,
                         compile=args.compile),
         input=InputSpec(args.input, args.split, args.streaming, args.limit),
-        run=RunSpec(args.output, args.batch_size, args.part_rows, args.part_seconds))
+        run=RunSpec(args.output, args.batch_size, args.part_rows, args.part_seconds, args.overwrite))
     check_recipe(recipe)
     score_step(recipe.input, recipe.score, recipe.run, fresh=args.fresh, show=args.show)
 
@@ -256,6 +257,7 @@ def cmd_run(args) -> None:
         return
     from .runner import process_state
 
+    recipe.run.overwrite = recipe.run.overwrite or args.overwrite
     if recipe.description and process_state().is_main_process:
         print(recipe.description)
     scored, scorer, source = score_step(recipe.input, recipe.score, recipe.run, fresh=args.fresh, show=recipe.show)
@@ -323,6 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--part-seconds", type=float, default=DEFAULT_PART_SECONDS,
                    help="save finished rows at least this often (default 300)")
     p.add_argument("--fresh", action="store_true", help="discard the saved parts of an earlier run")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --output that a run here did not write (refused otherwise)")
     p.add_argument("--show", type=int, default=10, help="rows of the score table to print (0: none)")
     p.set_defaults(func=cmd_score)
 
@@ -382,6 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", help="e.g. recipes/quickstart.yaml")
     p.add_argument("--check", action="store_true", help="validate the recipe only")
     p.add_argument("--fresh", action="store_true", help="discard the saved parts of an earlier run")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing run.output that a run here did not write (refused otherwise)")
     p.set_defaults(func=cmd_run)
     return parser
 
@@ -395,6 +401,9 @@ def main(argv: list[str] | None = None) -> int:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err  # KeyError's str() adds quotes
         print(f"hf-prospector {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as err:  # RunInterrupted says how many rows are saved and how to resume
+        print(str(err) or f"hf-prospector {args.command}: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

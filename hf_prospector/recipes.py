@@ -5,7 +5,7 @@ A recipe has these sections; only ``score`` is required::
     description: what the recipe reproduces
     input:   {source: demo, split: train, streaming: false, limit: null}
     score:   {scorer: ifd, model: smollm2-135m, convention: exact, template: null, max_length: null, ...}
-    run:     {output: prospector_out/scored, batch_size: 256, part_rows: 4096, part_seconds: 300}
+    run:     {output: prospector_out/scored, batch_size: 256, part_rows: 4096, part_seconds: 300, overwrite: false}
     select:  - rule: {column: ifd, top_fraction: 0.05}           # a SelectionRule
                diversity: {k: 0.02}                              # optional: then facility location
     publish: {path: prospector_out/repo}                         # or {hub: user/name}
@@ -91,6 +91,7 @@ class RunSpec:
     batch_size: int = 256  # rows per scorer call (the engine packs them into token-budget micro-batches)
     part_rows: int = 4096  # rows per saved part; a process scores whole blocks of this size
     part_seconds: float = 300.0  # save a part at least this often, even inside a block
+    overwrite: bool = False  # replace an existing output that a run here did not write
 
 
 @dataclass

@@ -9,9 +9,21 @@ block is done, and earlier when ``part_seconds`` have passed since the last one,
 that much work (plus the batch under way). After every process is done, the main one checks that the parts cover every row once,
 gathers them in row order into the output (a saved dataset, or one ``.parquet`` file), and removes them.
 
-Running the same command again after a crash (kill -9 included) scores only the rows no part covers,
-whatever the number of processes. ``manifest.json`` in the work directory records the scorer's settings
-and the input's identity: parts from other settings are never mixed in (see :func:`plan`).
+Running the same command again after a crash (kill -9 included) or Ctrl-C scores only the rows no part
+covers, whatever the number of processes. ``manifest.json`` in the work directory records the scorer's
+settings: parts from other settings are never mixed in (see :func:`plan`). The input is identified by
+content, not by its file's date: each part records a hash of the input rows it covers, and a resume keeps a
+part only while the input's rows there hash the same, so fixing a row that was never scored (or touching the
+file) keeps every finished part. Before planning, the main process checks every part: one that is unreadable,
+truncated, or whose rows do not match its name is renamed ``*.corrupt`` (kept for a look), one whose input
+rows changed is renamed ``*.stale`` (removed once the output is gathered); their rows are scored again, with
+a :class:`RunWarning` and a line in the summary. A Ctrl-C saves the rows already scored, then raises
+:class:`RunInterrupted`, whose message says how many rows are saved.
+
+The output is replaced only when this library wrote it (the manifest records the output it wrote, by size
+and modification time): an existing dataset or ``.parquet`` file from elsewhere is refused unless
+``overwrite=True`` (``--overwrite``); a folder that is not a saved dataset, or a file that is not a
+``.parquet`` file, is refused always. The output is written beside its place, then moved there.
 
 A streamed input (an ``IterableDataset``) is read block by block, so it never has to fit in memory;
 every process reads the stream and scores its own blocks.
@@ -22,14 +34,16 @@ row's position in the input. Shards, resumed runs and reports match rows by it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
 import time
+import warnings
 from collections import Counter
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -40,20 +54,34 @@ from datasets import Dataset, Features, IterableDataset, Value, concatenate_data
 
 ROW_ID = "row_id"
 MANIFEST = "manifest.json"
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2  # 2: the input is identified by the hashes of its rows in each part, not a fingerprint
 DEFAULT_BATCH_SIZE = 256
 DEFAULT_PART_ROWS = 4096
 DEFAULT_PART_SECONDS = 300.0
 _PART_NAME = re.compile(r"^part-(\d{12})-(\d{12})\.parquet$")
+PART_METADATA = b"hf_prospector"  # a part's Parquet schema metadata key: {"input_rows": hash of its input rows}
 
 
 class RunMismatchError(RuntimeError):
-    """The work directory holds unfinished parts of a run with other settings or another input."""
+    """The work directory holds unfinished parts of a run with other scorer settings."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`score_run`, after the rows scored so far were saved; ``str()`` is one line saying
+    how many rows are saved and how to resume. A ``KeyboardInterrupt``, so callers still see an interrupt."""
+
+
+class RunWarning(UserWarning):
+    """Earlier parts set aside (corrupt, or their input rows changed): their rows are scored again."""
 
 
 @dataclass
 class RunSummary:
-    """What a run did: ``rows_scored`` were scored now, ``rows_resumed`` came from an earlier run's parts."""
+    """What a run did: ``rows_scored`` were scored now, ``rows_resumed`` came from an earlier run's parts (kept).
+
+    ``rows_input_changed`` rows of earlier parts were scored again because their input rows changed;
+    ``corrupt_parts`` names the parts set aside as corrupt (their rows were scored again too).
+    """
 
     output: str
     rows: int
@@ -64,6 +92,8 @@ class RunSummary:
     rows_per_process: list[int]
     nan_rows: int
     nan_reasons: dict[str, int]
+    rows_input_changed: int = 0
+    corrupt_parts: list[str] = field(default_factory=list)
 
     def to_text(self) -> str:
         per_process = ", ".join(str(n) for n in self.rows_per_process)
@@ -73,6 +103,11 @@ class RunSummary:
                                                   if self.rows_scored and self.seconds > 0 else ""),
                  f"NaN rows: {self.nan_rows}"]
         lines += [f"  {count} x {reason}" for reason, count in sorted(self.nan_reasons.items(), key=lambda x: -x[1])]
+        if self.rows_input_changed:
+            lines.append(f"input changed: {self.rows_input_changed} rows of earlier parts were scored again "
+                         f"({self.rows_resumed} kept)")
+        if self.corrupt_parts:
+            lines.append(f"corrupt parts set aside, their rows scored again: {', '.join(self.corrupt_parts)}")
         lines.append(f"output: {self.output}")
         return "\n".join(lines)
 
@@ -87,13 +122,14 @@ def work_dir(output: str | Path) -> Path:
 
 def score_run(source: Dataset | IterableDataset, scorer, output: str | Path, *, source_name: str,
               batch_size: int = DEFAULT_BATCH_SIZE, part_rows: int = DEFAULT_PART_ROWS,
-              part_seconds: float = DEFAULT_PART_SECONDS, fresh: bool = False,
+              part_seconds: float = DEFAULT_PART_SECONDS, fresh: bool = False, overwrite: bool = False,
               progress: bool = True) -> tuple[Dataset | None, RunSummary | None]:
     """Score ``source`` with ``scorer`` into ``output`` (a saved-dataset folder, or a ``.parquet`` file).
 
-    ``source_name`` names the input in the manifest (a streamed input has no fingerprint of its own).
-    ``fresh=True`` discards earlier parts. Returns the scored dataset and a summary in the main process,
-    ``(None, None)`` in the others. Call it from every process of a ``torchrun``/``accelerate`` launch.
+    ``source_name`` names the input in the manifest. ``fresh=True`` discards earlier parts;
+    ``overwrite=True`` lets the run replace an output that it did not write. Returns the scored dataset and a
+    summary in the main process, ``(None, None)`` in the others. Call it from every process of a
+    ``torchrun``/``accelerate`` launch. Ctrl-C raises :class:`RunInterrupted` once the scored rows are saved.
     """
     for name, value in (("batch_size", batch_size), ("part_rows", part_rows)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -102,7 +138,12 @@ def score_run(source: Dataset | IterableDataset, scorer, output: str | Path, *, 
         raise ValueError(f"part_seconds must be >= 0, got {part_seconds}")
     run = _Run(source, scorer, Path(output), source_name, batch_size, part_rows, part_seconds, progress)
     with _datasets_progress_bars_off():  # one bar for the whole run, not one per part file
-        return run.run(fresh)
+        try:
+            return run.run(fresh, overwrite)
+        except RunInterrupted:
+            raise
+        except KeyboardInterrupt:
+            raise RunInterrupted(run.interrupted_message(fresh)) from None
 
 
 def process_state():
@@ -122,9 +163,11 @@ def process_state():
 def plan(manifest: dict | None, identity: dict, has_parts: bool, output_exists: bool, fresh: bool) -> str:
     """What to do with a work directory: ``"new"``, ``"resume"`` or ``"done"``.
 
-    Same settings and input: resume (or nothing to do when complete and the output exists). Other settings
-    with nothing unfinished: start anew. Other settings with unfinished parts: refuse, naming what differs,
-    since silently discarding or mixing hours of work are both wrong; ``fresh=True`` discards them.
+    Same settings: resume (or nothing to do when complete and the output it wrote is there; the caller
+    checks that the input is the same too). Other settings with nothing unfinished: start anew. Other
+    settings with unfinished parts: refuse, naming what differs, since silently discarding or mixing hours of
+    work are both wrong; ``fresh=True`` discards them. (The input is not part of ``identity``: a resume keeps
+    the parts whose input rows are unchanged.)
     """
     if manifest is None or fresh:
         return "new"
@@ -147,6 +190,7 @@ class _Run:
 
         self.state = process_state()
         self.source, self.scorer, self.output = source, scorer, output
+        self.source_name = source_name
         self.work = work_dir(output)
         self.streaming = isinstance(source, IterableDataset)
         self.batch_size, self.part_rows, self.part_seconds = batch_size, part_rows, part_seconds
@@ -157,53 +201,142 @@ class _Run:
         if self.world > 1 and self.device_rank is None:
             local_world = int(os.environ.get("LOCAL_WORLD_SIZE", self.world))
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))  # no oversubscription
-        self.identity = json.loads(json.dumps({"scorer": scorer.settings(), "source": self._source_identity(source_name)},
-                                              sort_keys=True, default=str))
+        if not self.streaming and len(self.source) == 0:
+            raise ValueError(f"{source_name}: the input has no rows to score")
+        self.identity = json.loads(json.dumps({"scorer": scorer.settings()}, sort_keys=True, default=str))
         self.rows_scored = 0
+        self.rows_input_changed, self.corrupt_parts = 0, []  # what the main process set aside
 
-    # -- identity and work directory ---------------------------------------------------------------
-    def _source_identity(self, name: str) -> dict:
-        if self.streaming:
-            return {"name": name, "streaming": True, "columns": list(self.source.column_names or [])}
-        if len(self.source) == 0:
-            raise ValueError(f"{name}: the input has no rows to score")
-        return {"name": name, "fingerprint": self.source._fingerprint, "rows": len(self.source),
-                "columns": self.source.column_names}
-
+    # -- manifest and work directory -----------------------------------------------------------------
     def _manifest(self) -> dict | None:
         path = self.work / MANIFEST
-        return json.loads(path.read_text()) if path.exists() else None
+        if not path.exists():
+            return None
+        manifest = json.loads(path.read_text())
+        if manifest.get("format") != MANIFEST_FORMAT:  # format 1 also named the input: compare the scorer only
+            manifest["identity"] = {"scorer": manifest.get("identity", {}).get("scorer")}
+        return manifest
 
     def _write_manifest(self, **extra) -> None:
         _atomic_write_text(self.work / MANIFEST, json.dumps({"format": MANIFEST_FORMAT, "identity": self.identity,
-                                                             **extra}, indent=2, sort_keys=True))
+                                                             "source": self.source_name, **extra},
+                                                            indent=2, sort_keys=True))
 
     def _parts(self) -> list[tuple[int, int, Path]]:
         found = [(int(m[1]), int(m[2]), p) for p in self.work.glob("part-*.parquet") if (m := _PART_NAME.match(p.name))]
         return sorted(found)
 
     # -- the run -------------------------------------------------------------------------------------
-    def run(self, fresh: bool):
+    def run(self, fresh: bool, overwrite: bool):
         start = time.monotonic()
         if not self.streaming and ROW_ID in self.source.column_names:
             require_unique_row_ids(self.source[ROW_ID])
-        self._check_output_replaceable()
+        manifest = self._manifest()
+        ours = self._output_is_ours(manifest)
+        self._check_output_replaceable(ours, overwrite)
         # Every process decides alike from the same files; only the main one changes them.
-        action = plan(self._manifest(), self.identity, bool(self.work.exists() and self._parts()),
-                      self.output.exists(), fresh)
+        action = plan(manifest, self.identity, bool(self.work.exists() and self._parts()), ours, fresh)
         self.state.wait_for_everyone()
-        if action == "new" and self.state.is_main_process:
-            shutil.rmtree(self.work, ignore_errors=True)
-            self.work.mkdir(parents=True)
-            self._write_manifest(complete=False, processes=self.world)
+        if self.state.is_main_process:
+            self._prepare(action, manifest, ours)
         self.state.wait_for_everyone()
-        if action == "done":
+        if self._manifest().get("complete"):  # still complete after _prepare: the output is up to date
             return self._finish(start, already_done=True)
         self.scorer.engine(self.device_rank)  # load the model first, so the progress bar measures scoring
         total = self._score_my_blocks()
         self.state.wait_for_everyone()
         return self._finish(start, total=total)
 
+    def _prepare(self, action: str, manifest: dict | None, ours: bool) -> None:
+        """The main process readies the work directory: anew, with its parts checked, or kept as done."""
+        if action == "done" and not self._same_input(manifest):
+            action = "new"  # the input changed since the finished run: its output is stale
+        if action == "new":
+            shutil.rmtree(self.work, ignore_errors=True)
+            self.work.mkdir(parents=True)
+            # The output an earlier run wrote stays ours (a new run may replace it) until it is replaced.
+            self._write_manifest(complete=False, processes=self.world, output=manifest.get("output") if ours else None)
+        elif action == "resume":
+            self._set_aside_bad_parts()
+
+    def interrupted_message(self, fresh: bool) -> str:
+        """The one line a Ctrl-C shows: how many rows are saved, and how to resume."""
+        manifest = self._manifest() or {}
+        if manifest.get("complete"):
+            return f"interrupted: all {manifest.get('rows', 0):,} rows are scored and saved in {self.output}"
+        saved = sum(b - a for a, b, _ in self._parts()) if self.work.is_dir() else 0
+        of = "" if self.streaming else f" of {len(self.source):,}"
+        again = "run the same command again without --fresh (fresh=False)" if fresh else "run the same command again"
+        return f"interrupted: {saved:,}{of} rows are saved in {self.work}; {again} to resume"
+
+    # -- checking earlier parts ----------------------------------------------------------------------
+    def _set_aside_bad_parts(self) -> None:
+        """Check every part before planning what is missing: keep those whose input rows are unchanged;
+        rename a corrupt one ``*.corrupt`` and one whose input changed ``*.stale``, so that their rows are
+        scored again instead of failing the gather on every rerun."""
+        parts = self._parts()
+        positional = ROW_ID not in (self.source.column_names or [])
+        changed, corrupt = [], []
+        for (a, b, path), (_, _, current) in zip(parts, self._input_rows([(a, b) for a, b, _ in parts])):
+            problem = _part_problem(path, a, b, current, positional)
+            if problem == _INPUT_CHANGED:
+                changed.append((a, b, path))
+                os.replace(path, path.with_name(path.name + ".stale"))
+            elif problem:
+                os.replace(path, path.with_name(path.name + ".corrupt"))
+                self.corrupt_parts.append(path.name)
+                corrupt.append(f"{path} is corrupt ({problem}): set aside as {path.name}.corrupt; its rows "
+                               f"{a}..{b} are scored again")
+        if corrupt:  # one warning naming them all
+            warnings.warn("\n".join(corrupt), RunWarning, stacklevel=2)
+        self.rows_input_changed = sum(b - a for a, b, _ in changed)
+        if changed:
+            kept = sum(b - a for a, b, _ in self._parts())
+            warnings.warn(f"the input changed in {self.rows_input_changed} rows of {len(changed)} earlier part(s) "
+                          f"(first: rows {changed[0][0]}..{changed[0][1]}): they are scored again; {kept} rows "
+                          "of unchanged parts are kept", RunWarning, stacklevel=2)
+
+    def _same_input(self, manifest: dict) -> bool:
+        """Whether the input is the one the finished run in ``manifest`` scored: the same fingerprint, or the
+        same rows (the hashes of its parts' rows, and no more rows after them)."""
+        if not self.streaming and manifest.get("fingerprint") == self.source._fingerprint:
+            return True
+        blocks, rows = manifest.get("blocks"), manifest.get("rows")
+        if blocks is None or rows is None or (not self.streaming and len(self.source) != rows):
+            return False
+        expected = {(a, b): digest for a, b, digest in blocks}
+        # A last range just past the end finds whether a stream has more rows than the finished run had.
+        for a, b, current in self._input_rows([(a, b) for a, b, _ in blocks] + [(rows, rows + 1)]):
+            if (a, b) == (rows, rows + 1):
+                return current is None
+            if current is None or _rows_hash(current) != expected[(a, b)]:
+                return False
+        return True
+
+    def _input_rows(self, ranges: list[tuple[int, int]]) -> Iterator[tuple[int, int, dict[str, list] | None]]:
+        """``(a, b, rows)`` for each range of ``ranges`` (sorted): the :meth:`_prepared` input rows ``a:b``, or
+        None when the input ends before ``b``. A stream is read once, only as far as the ranges need."""
+        if not self.streaming:
+            n = len(self.source)
+            for a, b in ranges:
+                yield a, b, self._prepared(self.source[a:b], a) if b <= n else None
+            return
+        batches = self.source.iter(batch_size=self.part_rows)
+        held, held_start = {}, 0  # the stream's rows from held_start on, as columns
+        for a, b in ranges:
+            while held_start + _row_count(held) < b:
+                batch = next(batches, None)
+                if batch is None:
+                    break
+                held = {k: held.get(k, []) + v for k, v in batch.items()}
+                cut = min(max(a - held_start, 0), _row_count(held))  # rows before this range are not needed
+                held, held_start = {k: v[cut:] for k, v in held.items()}, held_start + cut
+            if held_start + _row_count(held) < b:
+                yield a, b, None
+            else:
+                yield a, b, self._prepared({k: v[a - held_start: b - held_start] for k, v in held.items()}, a)
+
+    # -- scoring -------------------------------------------------------------------------------------
     def _score_my_blocks(self) -> int:
         """Score the missing rows of this process's blocks; returns the input's row count."""
         from tqdm.auto import tqdm
@@ -214,13 +347,15 @@ class _Run:
                    initial=0 if bounds is None else sum(_overlap(done, s, e) for s, e in bounds),
                    unit="rows", desc="scoring", dynamic_ncols=True,
                    disable=not (self.progress and self.state.is_main_process))
-        for block_start, block_end, read in self._my_blocks():
-            todo = _missing(done, block_start, block_end)
-            if todo:
-                rows = read()
-                for a, b in todo:
-                    self._score_range(rows, block_start, a, b, bar)
-        bar.close()
+        try:
+            for block_start, block_end, read in self._my_blocks():
+                todo = _missing(done, block_start, block_end)
+                if todo:
+                    rows = read()
+                    for a, b in todo:
+                        self._score_range(rows, block_start, a, b, bar)
+        finally:
+            bar.close()
         return self.stream_rows if self.streaming else len(self.source)
 
     def _block_bounds(self, n: int) -> list[tuple[int, int]]:
@@ -236,7 +371,7 @@ class _Run:
             return
         start = 0
         for index, rows in enumerate(self.source.iter(batch_size=self.part_rows)):
-            size = len(rows[next(iter(rows))])
+            size = _row_count(rows)
             if index % self.world == self.rank:
                 yield start, start + size, lambda rows=rows, start=start: self._prepared(rows, start)
             start += size
@@ -248,8 +383,7 @@ class _Run:
         rows = {k: v for k, v in rows.items() if k not in self.scorer.columns}
         if ROW_ID in rows:
             return rows
-        size = len(next(iter(rows.values()))) if rows else 0
-        return {ROW_ID: list(range(start, start + size)), **rows}
+        return {ROW_ID: list(range(start, start + _row_count(rows))), **rows}
 
     def _features(self) -> Features | None:
         """The features of :meth:`_prepared` rows (None for a stream that does not declare its own)."""
@@ -260,26 +394,41 @@ class _Run:
         return Features(kept if ROW_ID in kept else {ROW_ID: Value("int64"), **kept})
 
     def _score_range(self, rows: dict[str, list], block_start: int, a: int, b: int, bar) -> None:
-        """Score rows ``a:b`` in batches; write a part at ``b`` and whenever ``part_seconds`` have passed."""
+        """Score rows ``a:b`` in batches; write a part at ``b``, whenever ``part_seconds`` have passed, and on
+        Ctrl-C (the rows scored since the last part, so that an interrupt loses only the batch under way)."""
         extra = () if self.device_rank is None else (self.device_rank,)
         part_start, last_write, scores = a, time.monotonic(), {}
-        for s in range(a, b, self.batch_size):
-            e = min(s + self.batch_size, b)
-            batch = {k: v[s - block_start: e - block_start] for k, v in rows.items()}
-            for column, values in self.scorer(batch, *extra).items():
-                scores.setdefault(column, []).extend(values)
-            self.rows_scored += e - s
-            bar.update(e - s)
-            if e == b or time.monotonic() - last_write >= self.part_seconds:
-                done = {k: v[part_start - block_start: e - block_start] for k, v in rows.items()}
-                self._write_part(part_start, e, concatenate_datasets(
-                    [Dataset.from_dict(done, features=self._features()), Dataset.from_dict(scores)], axis=1))
-                part_start, last_write, scores = e, time.monotonic(), {}
 
-    def _write_part(self, start: int, end: int, part: Dataset) -> None:
+        def save(end: int) -> None:
+            done = {k: v[part_start - block_start: end - block_start] for k, v in rows.items()}
+            scored = {k: v[:end - part_start] for k, v in scores.items()}
+            self._write_part(part_start, end, concatenate_datasets(
+                [Dataset.from_dict(done, features=self._features()), Dataset.from_dict(scored)], axis=1), done)
+
+        try:
+            for s in range(a, b, self.batch_size):
+                e = min(s + self.batch_size, b)
+                batch = {k: v[s - block_start: e - block_start] for k, v in rows.items()}
+                for column, values in self.scorer(batch, *extra).items():
+                    scores.setdefault(column, []).extend(values)
+                self.rows_scored += e - s
+                bar.update(e - s)
+                if e == b or time.monotonic() - last_write >= self.part_seconds:
+                    save(e)
+                    part_start, last_write, scores = e, time.monotonic(), {}
+        except KeyboardInterrupt:
+            scored = min((len(v) for v in scores.values()), default=0)  # whole rows: every column has them
+            if scored:
+                save(part_start + scored)
+            raise
+
+    def _write_part(self, start: int, end: int, part: Dataset, input_rows: dict[str, list]) -> None:
+        """Write a part atomically, with the hash of its input rows in its schema metadata."""
         final = self.work / f"part-{start:012d}-{end:012d}.parquet"
         tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-        part.to_parquet(str(tmp))
+        schema = part.features.arrow_schema
+        metadata = {**(schema.metadata or {}), PART_METADATA: json.dumps({"input_rows": _rows_hash(input_rows)})}
+        pq.write_table(part.data.table.cast(schema).replace_schema_metadata(metadata), str(tmp))
         os.replace(tmp, final)
 
     # -- gathering -----------------------------------------------------------------------------------
@@ -293,7 +442,8 @@ class _Run:
         ds = self._load_output() if already_done else self._gather(total)
         nan_rows, reasons = nan_summary(ds, self.scorer.columns)
         summary = RunSummary(str(self.output), len(ds), sum(counts), len(ds) - sum(counts),
-                             time.monotonic() - start, self.world, counts, nan_rows, reasons)
+                             time.monotonic() - start, self.world, counts, nan_rows, reasons,
+                             self.rows_input_changed, self.corrupt_parts)
         return ds, summary
 
     def _gather(self, total: int) -> Dataset:
@@ -304,21 +454,30 @@ class _Run:
             raise RuntimeError(f"the parts in {self.work} do not cover rows 0..{total} exactly once "
                                f"(missing: {gaps[:5]}, overlapping: {overlaps[:5]}); re-run the same command "
                                "to score the missing rows")
+        blocks = [[a, b, _part_hash(path)] for a, b, path in parts]
         cache = self.work / "cache"
         ds = Dataset.from_parquet([str(p) for _, _, p in parts], features=_merged_features(parts),
                                   cache_dir=str(cache))
         self._check_row_ids(ds, total)
-        self._remove_output()
+        # Written beside the output, then moved: a crash never leaves a half-written output.
+        tmp = self.output.with_name(f".{self.output.name}.{os.getpid()}.tmp")
+        _remove(tmp)
         if self.output.suffix == ".parquet":
             self.output.parent.mkdir(parents=True, exist_ok=True)
-            ds.to_parquet(str(self.output))
+            ds.to_parquet(str(tmp))
         else:
-            ds.save_to_disk(str(self.output))
+            ds.save_to_disk(str(tmp))
         del ds
+        _remove(self.output)
+        os.replace(tmp, self.output)
         for _, _, path in parts:
             path.unlink()
+        for path in self.work.glob("part-*.parquet.stale"):  # superseded by the rows just gathered
+            path.unlink()
         shutil.rmtree(cache, ignore_errors=True)
-        self._write_manifest(complete=True, processes=self.world, rows=total)
+        self._write_manifest(complete=True, processes=self.world, rows=total, blocks=blocks,
+                             fingerprint=None if self.streaming else self.source._fingerprint,
+                             output=self._output_signature())
         return self._load_output()
 
     def _check_row_ids(self, ds: Dataset, total: int) -> None:
@@ -337,21 +496,34 @@ class _Run:
             raise RuntimeError(f"the gathered rows differ from the input from row {first} on; delete {self.work} "
                                "and run again")
 
-    def _check_output_replaceable(self) -> None:
+    # -- the output ----------------------------------------------------------------------------------
+    def _output_signature(self) -> list[int] | None:
+        """What identifies the output this library wrote: the size and modification time (ns) of the
+        ``.parquet`` file, or of a saved dataset's ``state.json``; None when there is no output."""
+        path = self.output / "state.json" if self.output.is_dir() else self.output
+        if not path.is_file():
+            return None
+        stat = path.stat()
+        return [stat.st_size, stat.st_mtime_ns]
+
+    def _output_is_ours(self, manifest: dict | None) -> bool:
+        """Whether the output exists and is the one a run in this work directory wrote."""
+        signature = self._output_signature()
+        return signature is not None and manifest is not None and manifest.get("output") == signature
+
+    def _check_output_replaceable(self, ours: bool, overwrite: bool) -> None:
         """Before any work: an existing output must be one this library could have written (a .parquet
-        file or a saved dataset), never some other folder that replacing it would destroy."""
+        file or a saved dataset), never some other folder or file that replacing it would destroy; and one
+        it did not write is replaced only with ``overwrite``."""
         out = self.output
         if out.is_dir() and not ((out / "state.json").exists() and (out / "dataset_info.json").exists()):
             raise FileExistsError(f"the output {out} is a folder but not a saved dataset; choose another output "
                                   "(a new folder, or a .parquet file)")
         if out.is_file() and out.suffix != ".parquet":
             raise FileExistsError(f"the output {out} is a file but not a .parquet file; choose another output")
-
-    def _remove_output(self) -> None:
-        if self.output.is_dir():
-            shutil.rmtree(self.output)
-        elif self.output.exists():
-            self.output.unlink()
+        if out.exists() and not ours and not overwrite:
+            raise FileExistsError(f"the output {out} already holds {_describe_output(out)}, not written by a run "
+                                  "here; pass --overwrite (overwrite=True) to replace it, or choose another output")
 
     def _load_output(self) -> Dataset:
         if self.output.suffix == ".parquet":
@@ -385,6 +557,74 @@ def nan_summary(ds: Dataset, columns: tuple[str, ...]) -> tuple[int, dict[str, i
     notes = ds.select(np.flatnonzero(nan))[note] if note else ["(no note column)"] * int(nan.sum())
     reasons = Counter(re.sub(r"\d+", "N", text) or "(no note)" for text in notes)
     return int(nan.sum()), dict(reasons)
+
+
+_INPUT_CHANGED = "input changed"
+
+
+def _part_problem(path: Path, a: int, b: int, current: dict[str, list] | None, positional: bool) -> str | None:
+    """Why the part ``path`` (rows ``a:b``) cannot be kept: what makes it corrupt (unreadable, or its rows
+    are not those its name says), else ``_INPUT_CHANGED`` when the input's rows ``a:b`` (``current``, None past
+    the input's end) no longer hash as the part records, else None. ``positional``: ``row_id`` is the row's
+    position, so the name alone says what it must be; an input's own ``row_id`` may have changed with it."""
+    try:  # read whole: a truncated or damaged file fails here, whatever the error pyarrow finds
+        table = pq.read_table(path)
+        recorded = json.loads((table.schema.metadata or {}).get(PART_METADATA, b"{}")).get("input_rows")
+        ids = table.column(ROW_ID).to_pylist()
+    except Exception as err:  # noqa: BLE001 -- any failure to read it makes the part corrupt
+        return f"unreadable: {type(err).__name__}: {str(err)[:200]}"
+    if table.num_rows != b - a:
+        return f"{table.num_rows} rows where its name says {b - a}"
+    same_input = current is not None and recorded == _rows_hash(current)
+    if ids != (list(range(a, b)) if positional else current[ROW_ID] if same_input else ids):
+        return f"its row_ids are not those of the input's rows {a}..{b}"
+    return None if same_input else _INPUT_CHANGED
+
+
+def _rows_hash(rows: dict[str, list]) -> str:
+    """A hash of rows given as columns, the same in every process and run: blake2b over canonical JSON."""
+    text = json.dumps([[name, values] for name, values in rows.items()], sort_keys=True, ensure_ascii=False,
+                      default=_json_value)
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+
+
+def _json_value(value: Any) -> Any:
+    """A JSON form of a value ``json`` cannot write (an object without a stable text only makes its part
+    rescored, never kept wrongly)."""
+    if isinstance(value, (bytes, bytearray)):
+        return value.hex()
+    for method in ("isoformat", "tolist"):  # dates and times; numpy values
+        if hasattr(value, method):
+            return getattr(value, method)()
+    return str(value)
+
+
+def _part_hash(path: Path) -> str | None:
+    """The input-rows hash a part records in its schema metadata."""
+    metadata = pq.read_schema(path).metadata or {}
+    return json.loads(metadata.get(PART_METADATA, b"{}")).get("input_rows")
+
+
+def _row_count(columns: dict[str, list]) -> int:
+    return len(next(iter(columns.values()))) if columns else 0
+
+
+def _describe_output(path: Path) -> str:
+    """What an existing output holds, for an error message."""
+    try:
+        if path.is_dir():
+            ds = load_from_disk(str(path))
+            return f"a saved dataset of {len(ds):,} rows (columns: {', '.join(ds.column_names)})"
+        return f"a .parquet file of {pq.read_metadata(path).num_rows:,} rows"
+    except Exception:  # noqa: BLE001 -- unreadable: say what it looks like
+        return "a saved dataset" if path.is_dir() else "a .parquet file"
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
 
 
 def _missing(done: list[tuple[int, int]], start: int, end: int) -> list[tuple[int, int]]:

@@ -2,13 +2,14 @@
 
 import json
 import math
+import os
 
 import datasets
 import numpy as np
 import pytest
 
-from hf_prospector.runner import (RunMismatchError, nan_summary, plan, process_state, require_unique_row_ids,
-                                  score_run, work_dir)
+from hf_prospector.runner import (RunMismatchError, RunWarning, nan_summary, plan, process_state,
+                                  require_unique_row_ids, score_run, work_dir)
 from hf_prospector.scorers import IFD_COLUMNS, IFDScorer
 from hf_prospector.sources import load_rows
 from tests.cli.counting import CountingScorer, ScorerFailed
@@ -185,3 +186,80 @@ def test_more_local_ranks_than_gpus_is_refused_with_what_to_do(monkeypatch):
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     with pytest.raises(RuntimeError, match=r"2 processes .* 1 GPU\(s\).*--nproc_per_node 1.*CUDA_VISIBLE_DEVICES"):
         process_state()
+
+
+def test_an_output_a_run_here_did_not_write_is_replaced_only_with_overwrite(rows, tiny_model_dir, tmp_path):
+    theirs = tmp_path / "theirs.parquet"
+    rows.select(range(4)).to_parquet(str(theirs))
+    folder = tmp_path / "folder"
+    rows.select(range(5)).save_to_disk(str(folder))
+    s = scorer(tiny_model_dir)
+    with pytest.raises(FileExistsError, match=r"theirs\.parquet already holds a \.parquet file of 4 rows.*--overwrite"):
+        run(rows, s, theirs)
+    with pytest.raises(FileExistsError, match=r"folder already holds a saved dataset of 5 rows \(columns: instruction"):
+        run(rows, s, folder)
+    assert s.scored == [] and len(datasets.Dataset.from_parquet(str(theirs))) == 4
+    assert len(datasets.load_from_disk(str(folder))) == 5
+
+    out, _ = run(rows, s, theirs, overwrite=True)
+    assert len(out) == N_ROWS and len(datasets.Dataset.from_parquet(str(theirs))) == N_ROWS
+    # Written here: a new run may replace it, under the same settings or others.
+    again = scorer(tiny_model_dir, max_length=64)
+    run(rows, again, theirs)
+    assert sorted(again.scored) == list(range(N_ROWS))
+    # Replaced by the user since: theirs again.
+    rows.select(range(3)).to_parquet(str(theirs))
+    with pytest.raises(FileExistsError, match="already holds a .parquet file of 3 rows"):
+        run(rows, scorer(tiny_model_dir, max_length=64), theirs)
+
+
+def test_a_touched_input_file_is_not_scored_again(rows, tiny_model_dir, tmp_path):
+    data = tmp_path / "rows.jsonl"
+    rows.to_json(str(data))
+    run(load_rows(str(data)), scorer(tiny_model_dir), tmp_path / "out")
+    stat = data.stat()
+    os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**10))  # a new fingerprint, the same rows
+    again = scorer(tiny_model_dir)
+    out, summary = run(load_rows(str(data)), again, tmp_path / "out")
+    assert again.scored == [] and summary.rows_resumed == N_ROWS and len(out) == N_ROWS
+
+
+def test_a_changed_stream_keeps_only_the_parts_of_unchanged_rows(rows, tiny_model_dir, tmp_path):
+    data = tmp_path / "rows.jsonl"
+    lines = [json.dumps(row) for row in rows.to_list()]
+    data.write_text("\n".join(lines) + "\n")
+    stream = load_rows(str(data), streaming=True)
+    with pytest.raises(ScorerFailed):
+        run(stream, scorer(tiny_model_dir, fail_after=7), tmp_path / "out", source_name=str(data))  # parts 0-3, 3-6
+    lines[4] = json.dumps({**rows[4], "instruction": "Say hello."})
+    data.write_text("\n".join(lines) + "\n")
+    second = scorer(tiny_model_dir)
+    with pytest.warns(RunWarning, match=r"input changed in 3 rows of 1 earlier part\(s\) \(first: rows 3..6\)"):
+        out, summary = run(stream, second, tmp_path / "out", source_name=str(data))
+    assert sorted(second.scored) == list(range(3, N_ROWS))  # rows 0-3 kept, the block of row 4 scored again
+    assert (summary.rows_resumed, summary.rows_input_changed) == (3, 3)
+    assert out["instruction"][4] == "Say hello."
+    reference = load_rows(str(data)).map(IFDScorer(str(tiny_model_dir), dtype="float32", max_length=96),
+                                         batched=True, batch_size=1)
+    np.testing.assert_allclose(out["ifd"], reference["ifd"], rtol=1e-5)
+
+    # Finished, then changed again: the finished output is stale, so every row is scored anew.
+    lines[8] = json.dumps({**rows[8], "instruction": "Say goodbye."})
+    data.write_text("\n".join(lines) + "\n")
+    third = scorer(tiny_model_dir)
+    out, _ = run(stream, third, tmp_path / "out", source_name=str(data))
+    assert sorted(third.scored) == list(range(N_ROWS)) and out["instruction"][8] == "Say goodbye."
+
+
+def test_the_command_line_and_recipes_take_overwrite(rows, tiny_model_dir, tmp_path, capsys):
+    from hf_prospector.cli import main
+    from hf_prospector.recipes import parse_recipe
+
+    theirs = tmp_path / "theirs.parquet"
+    rows.select(range(4)).to_parquet(str(theirs))
+    args = ["score", "demo", "--limit", "3", "--model", str(tiny_model_dir), "--dtype", "float32", "--max-length",
+            "96", "--show", "0", "--output", str(theirs)]
+    assert main(args) == 2
+    assert "already holds a .parquet file of 4 rows" in capsys.readouterr().err
+    assert main(args + ["--overwrite"]) == 0 and len(datasets.Dataset.from_parquet(str(theirs))) == 3
+    assert parse_recipe({"score": {"scorer": "ifd"}, "run": {"overwrite": True}}).run.overwrite is True
