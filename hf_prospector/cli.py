@@ -177,12 +177,12 @@ def print_table(ds, spec: ScoreSpec, limit: int, width: int = 44) -> None:
 
 
 def save_rows(ds, path: str) -> None:
-    """A ``.parquet`` file, or a saved-dataset folder."""
+    """A ``.parquet`` file, or a saved-dataset folder; either loads back with :func:`load_rows`, even with 0 rows."""
     if str(path).endswith(".parquet"):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         ds.to_parquet(path)
     else:
-        ds.save_to_disk(path)
+        ds.save_to_disk(path, num_shards=1 if len(ds) == 0 else None)  # 0 shards would not load back
 
 
 # -- subcommands -----------------------------------------------------------------------------------------

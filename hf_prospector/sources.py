@@ -109,6 +109,11 @@ def _load_file(path: Path, streaming: bool, what: str):
         if kind == "json" and (where := _json_error(path)):
             raise ValueError(f"the {what} file {path} is not valid JSON: {where}; fix that line") from err
         if "corresponds to no data" in str(err):
+            if kind == "parquet":  # zero rows, but typed columns: datasets cannot read it, pyarrow can
+                import pyarrow.parquet as pq
+
+                ds = datasets.Dataset(pq.read_table(path))
+                return ds.to_iterable_dataset() if streaming else ds
             raise ValueError(f"the {what} file {path} holds no rows") from err
         cause = err.__cause__ or err.__context__
         if isinstance(err, datasets.exceptions.DatasetGenerationError) and cause is not None:
