@@ -25,9 +25,9 @@ import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .recipes import (DiversitySpec, InputSpec, PublishSpec, Recipe, RecipeError, RefineSpec, RunSpec, ScoreSpec,
-                      SelectSpec, check_recipe, load_recipe)
-from .runner import DEFAULT_BATCH_SIZE, DEFAULT_PART_ROWS, DEFAULT_PART_SECONDS, RunMismatchError
+from .recipes import (DiversitySpec, InputSpec, PublishSpec, Recipe, RefineSpec, RunSpec, ScoreSpec, SelectSpec,
+                      check_recipe, load_recipe)
+from .runner import DEFAULT_BATCH_SIZE, DEFAULT_PART_ROWS, DEFAULT_PART_SECONDS
 from .sources import load_rows
 
 # Score-table columns per scorer (the note column is shown last).
@@ -56,7 +56,8 @@ def build_scorer(spec: ScoreSpec):
         return IFDScorer(**kwargs)
     from .tasksets import load_task_set, refine_task_set
 
-    tasks = load_task_set(spec.task_set, require_answers=spec.refine_task_set is None)  # GoldScorer checks the refined set
+    # A refined set is checked for empty answers when GoldScorer loads it.
+    tasks = load_task_set(spec.task_set, require_answers=spec.refine_task_set is None)
     if spec.refine_task_set is not None:
         r = spec.refine_task_set
         tasks = refine_task_set(tasks, k=r.k, sample=r.sample, encoder=r.encoder, seed=r.seed)
@@ -460,12 +461,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def error_line(err: BaseException) -> str:
-    """``err`` as one line: its message, with the type's name for errors that are not a user's mistake."""
-    from .publishing import GitError, PublishError
-
+    """``err`` as one line: its message; the type's name first unless it is a bad input or setting, or one of
+    this library's errors (whose messages say what to do)."""
     message = err.args[0] if isinstance(err, KeyError) and err.args else err  # KeyError's str() adds quotes
     text = " ".join(line.strip() for line in str(message).splitlines() if line.strip())
-    if isinstance(err, (ValueError, OSError, KeyError, RunMismatchError, GitError, PublishError)) and text:
+    ours = type(err).__module__.startswith("hf_prospector")  # GitError, RunMismatchError, the model loader's, ...
+    if text and (ours or isinstance(err, (ValueError, OSError, KeyError))):
         return text
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 

@@ -22,15 +22,16 @@ class HubUnreachableError(ConnectionError):
     """The Hub endpoint could not be reached (offline mode, or no network); the message names the endpoint."""
 
 
-def hub_unreachable(action: str) -> HubUnreachableError:
-    """The error for ``action`` (e.g. "load 'user/rows' from the Hub") failing to reach the Hub."""
+def hub_unreachable(action: str, url: str | None = None) -> HubUnreachableError:
+    """The error for ``action`` (e.g. "load 'user/rows' from the Hub") failing to reach the Hub (or ``url``)."""
     from huggingface_hub import constants
 
     if constants.HF_HUB_OFFLINE:
         mode = "offline mode is on (HF_HUB_OFFLINE=1): unset it to go online, or use a local file"
     else:
         mode = "offline mode is off: check the network, or point HF_ENDPOINT at a reachable server"
-    return HubUnreachableError(f"cannot {action}: the Hub endpoint {constants.ENDPOINT} was not reached; {mode}")
+    where = url or f"the Hub endpoint {constants.ENDPOINT}"
+    return HubUnreachableError(f"cannot {action}: {where} was not reached; {mode}")
 
 
 def is_connection_error(err: BaseException | None) -> bool:
@@ -69,24 +70,27 @@ def load_rows(source: str | None, split: str = "train", streaming: bool = False,
     if source in DEMO_FILES:
         source = str(resources.files("hf_prospector") / DEMO_FILES[source])
     suffix = Path(source.split("?")[0]).suffix
-    if source.startswith(("http://", "https://")) and suffix in _FILE_KINDS:  # a data file on the web
-        return datasets.load_dataset(_FILE_KINDS[suffix], data_files=source, split="train", streaming=streaming)
+    web = source.startswith(("http://", "https://"))
     path = local_path(source)
     if path is None:
         try:
+            if web and suffix in _FILE_KINDS:  # a data file on the web
+                return datasets.load_dataset(_FILE_KINDS[suffix], data_files=source, split="train", streaming=streaming)
             return datasets.load_dataset(source, split=split, streaming=streaming)
         except Exception as err:
             if is_connection_error(err):
-                raise hub_unreachable(f"load the {what} {source!r} from the Hub") from err
+                raise (hub_unreachable(f"download the {what}", url=source) if web else
+                       hub_unreachable(f"load the {what} {source!r} from the Hub")) from err
             raise
-    if path.is_dir() and (path / "dataset_info.json").exists():
+    if path.is_dir() and any((path / name).exists() for name in ("dataset_info.json", "dataset_dict.json")):
         ds = datasets.load_from_disk(str(path))
         ds = ds[split] if isinstance(ds, datasets.DatasetDict) else ds
         return ds.to_iterable_dataset() if streaming else ds
     if path.is_file():
         return _load_file(path, streaming, what)
     if path.exists():
-        raise FileNotFoundError(f"the {what} {source} is a folder but not a saved dataset (no dataset_info.json); "
+        raise FileNotFoundError(f"the {what} {source} is a folder but not a saved dataset (no dataset_info.json "
+                                "or dataset_dict.json); "
                                 "give a .json, .jsonl, .parquet or .csv file, or a folder written by save_to_disk")
     raise FileNotFoundError(f"the {what} file {source} does not exist (read as a local path, not a Hub id); "
                             "check the path")
@@ -98,7 +102,8 @@ def _load_file(path: Path, streaming: bool, what: str):
 
     kind = _FILE_KINDS.get(path.suffix)
     if kind is None:
-        raise ValueError(f"cannot read the {what} {path}: use a .json, .jsonl, .parquet or .csv file, or a saved dataset")
+        raise ValueError(f"cannot read the {what} {path}: use a .json, .jsonl, .parquet or .csv file, "
+                         "or a saved dataset")
     with path.open("rb") as f:
         head = f.read(4096)
     if not head.strip() and path.stat().st_size <= len(head):

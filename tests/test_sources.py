@@ -20,8 +20,9 @@ def test_what_is_read_as_a_local_path(tmp_path, monkeypatch):
 
 def test_a_hub_id_that_cannot_be_reached_names_the_endpoint_and_offline_mode():
     assert os.environ["HF_HUB_OFFLINE"] == "1"  # as tests/conftest.py sets it
-    with pytest.raises(HubUnreachableError, match=r"cannot load the task set 'user/rows' from the Hub: the Hub "
-                                                  r"endpoint https://huggingface.co was not reached; offline mode is on"):
+    expected = (r"cannot load the task set 'user/rows' from the Hub: the Hub endpoint https://huggingface.co "
+                r"was not reached; offline mode is on")
+    with pytest.raises(HubUnreachableError, match=expected):
         load_rows("user/rows", what="task set")
 
 
@@ -39,3 +40,10 @@ def test_json_without_rows_and_a_folder_that_is_not_a_dataset(tmp_path):
     (tmp_path / "folder").mkdir()
     with pytest.raises(FileNotFoundError, match=r"is a folder but not a saved dataset"):
         load_rows(str(tmp_path / "folder"))
+
+
+def test_a_saved_dataset_dict_gives_the_split(tmp_path):
+    splits = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"a": [1, 2]}),
+                                   "test": datasets.Dataset.from_dict({"a": [3]})})
+    splits.save_to_disk(str(tmp_path / "saved"))
+    assert load_rows(str(tmp_path / "saved"), split="test")["a"] == [3]
