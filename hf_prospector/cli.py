@@ -220,14 +220,14 @@ def cmd_select(args) -> None:
                          threshold=args.threshold, lowest=args.lowest,
                          ifd_max=None if args.no_ifd_max else args.ifd_max, ifd_max_inclusive=args.ifd_max_inclusive)
     diversity = None if args.diversity is None else DiversitySpec(args.diversity, args.encoder)
-    select_step(load_rows(args.scored), SelectSpec(rule, diversity, args.output))
+    select_step(load_rows(args.scored, what="scored dataset"), SelectSpec(rule, diversity, args.output))
 
 
 def cmd_card(args) -> None:
     from .publishing import write_card
 
-    selected = load_rows(args.selected) if args.selected else None
-    path = write_card(load_rows(args.scored), args.out, selected=selected,
+    selected = load_rows(args.selected, what="selection") if args.selected else None
+    path = write_card(load_rows(args.scored, what="scored dataset"), args.out, selected=selected,
                       provenance={"source": args.source or args.scored}, license=args.license)
     print(f"dataset card written to {path}")
 
@@ -236,9 +236,10 @@ def cmd_publish(args) -> None:
     target = PublishSpec(path=None if args.hub else args.target, hub=args.target if args.hub else None,
                          revision=args.revision, create_pr=args.create_pr, private=args.private, license=args.license,
                          allow_empty=args.allow_empty)
-    scored = load_rows(args.scored) if args.scored else None
+    scored = load_rows(args.scored, what="scored dataset") if args.scored else None
     facts = {"source": args.source or args.selected, "selection_rule_slug": args.rule}
-    publish_step(load_rows(args.selected), scored, target, {k: v for k, v in facts.items() if v}, None)
+    selected = load_rows(args.selected, what="selection")
+    publish_step(selected, scored, target, {k: v for k, v in facts.items() if v}, None)
 
 
 def cmd_report(args) -> None:
