@@ -18,13 +18,16 @@ folders, or ``.parquet`` files.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import textwrap
+import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .recipes import (DiversitySpec, InputSpec, PublishSpec, Recipe, RecipeError, RefineSpec, RunSpec, ScoreSpec,
-                      SelectSpec, check_recipe, load_recipe)
-from .runner import DEFAULT_BATCH_SIZE, DEFAULT_PART_ROWS, DEFAULT_PART_SECONDS, RunMismatchError
+from .recipes import (DiversitySpec, InputSpec, PublishSpec, Recipe, RefineSpec, RunSpec, ScoreSpec, SelectSpec,
+                      check_recipe, load_recipe)
+from .runner import DEFAULT_BATCH_SIZE, DEFAULT_PART_ROWS, DEFAULT_PART_SECONDS
 from .sources import load_rows
 
 # Score-table columns per scorer (the note column is shown last).
@@ -53,7 +56,8 @@ def build_scorer(spec: ScoreSpec):
         return IFDScorer(**kwargs)
     from .tasksets import load_task_set, refine_task_set
 
-    tasks = load_task_set(spec.task_set)
+    # A refined set is checked for empty answers when GoldScorer loads it.
+    tasks = load_task_set(spec.task_set, require_answers=spec.refine_task_set is None)
     if spec.refine_task_set is not None:
         r = spec.refine_task_set
         tasks = refine_task_set(tasks, k=r.k, sample=r.sample, encoder=r.encoder, seed=r.seed)
@@ -111,14 +115,21 @@ def publish_step(selected, scored, target: PublishSpec, provenance: dict, thresh
     """Publish one selection to ``target.path`` (local git repository) or ``target.hub``; prints where."""
     from .publishing import publish, publish_local
 
+    if len(selected) == 0 and target.allow_empty:
+        print("warning: publishing a selection with 0 rows (allow_empty is set)", file=sys.stderr)
     if target.path is not None:
         where = publish_local(selected, target.path, target.revision, scored=scored, provenance=provenance,
-                              thresholds=thresholds, license=target.license)
+                              thresholds=thresholds, license=target.license, allow_empty=target.allow_empty)
     else:
         where = publish(selected, target.hub, target.revision, create_pr=target.create_pr, private=target.private,
-                        scored=scored, provenance=provenance, thresholds=thresholds, license=target.license)
-    print(f"published {len(selected)} rows to {where.location}, revision {where.revision} "
-          f"(commit {where.commit[:10]}){', ' + where.pr_url if where.pr_url else ''}")
+                        scored=scored, provenance=provenance, thresholds=thresholds, license=target.license,
+                        allow_empty=target.allow_empty)
+    if where.unchanged:
+        print(f"revision {where.revision} of {where.location} already holds these {len(selected)} rows and this card "
+              f"(commit {where.commit[:10]}); nothing to commit")
+    else:
+        print(f"published {len(selected)} rows to {where.location}, revision {where.revision} "
+              f"(commit {where.commit[:10]}){', ' + where.pr_url if where.pr_url else ''}")
     return where
 
 
@@ -168,12 +179,12 @@ def print_table(ds, spec: ScoreSpec, limit: int, width: int = 44) -> None:
 
 
 def save_rows(ds, path: str) -> None:
-    """A ``.parquet`` file, or a saved-dataset folder."""
+    """A ``.parquet`` file, or a saved-dataset folder; either loads back with :func:`load_rows`, even with 0 rows."""
     if str(path).endswith(".parquet"):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         ds.to_parquet(path)
     else:
-        ds.save_to_disk(path)
+        ds.save_to_disk(path, num_shards=1 if len(ds) == 0 else None)  # 0 shards would not load back
 
 
 # -- subcommands -----------------------------------------------------------------------------------------
@@ -195,10 +206,10 @@ def cmd_score(args) -> None:
 def cmd_taskset(args) -> None:
     from .tasksets import load_task_set, refine_task_set
 
-    tasks = load_task_set(args.source, split=args.split)
+    tasks = load_task_set(args.source, split=args.split, require_answers=args.refine_k is None)
     if args.refine_k is not None:
-        tasks = refine_task_set(tasks, k=args.refine_k, sample=args.refine_sample, encoder=args.encoder,
-                                seed=args.refine_seed)
+        tasks = load_task_set(refine_task_set(tasks, k=args.refine_k, sample=args.refine_sample, encoder=args.encoder,
+                                              seed=args.refine_seed))  # the refined tasks all need answers
     save_rows(tasks, args.output)
     print(f"task set: {len(tasks)} rows ({', '.join(tasks.column_names)}), saved to {args.output}")
 
@@ -209,25 +220,27 @@ def cmd_select(args) -> None:
     rule = SelectionRule(column=args.column, top_fraction=args.top_fraction, top_n=args.top_n,
                          threshold=args.threshold, lowest=args.lowest,
                          ifd_max=None if args.no_ifd_max else args.ifd_max, ifd_max_inclusive=args.ifd_max_inclusive)
-    diversity = None if args.diversity is None else DiversitySpec(_count_or_fraction(args.diversity), args.encoder)
-    select_step(load_rows(args.scored), SelectSpec(rule, diversity, args.output))
+    diversity = None if args.diversity is None else DiversitySpec(args.diversity, args.encoder)
+    select_step(load_rows(args.scored, what="scored dataset"), SelectSpec(rule, diversity, args.output))
 
 
 def cmd_card(args) -> None:
     from .publishing import write_card
 
-    selected = load_rows(args.selected) if args.selected else None
-    path = write_card(load_rows(args.scored), args.out, selected=selected,
+    selected = load_rows(args.selected, what="selection") if args.selected else None
+    path = write_card(load_rows(args.scored, what="scored dataset"), args.out, selected=selected,
                       provenance={"source": args.source or args.scored}, license=args.license)
     print(f"dataset card written to {path}")
 
 
 def cmd_publish(args) -> None:
     target = PublishSpec(path=None if args.hub else args.target, hub=args.target if args.hub else None,
-                         revision=args.revision, create_pr=args.create_pr, private=args.private, license=args.license)
-    scored = load_rows(args.scored) if args.scored else None
+                         revision=args.revision, create_pr=args.create_pr, private=args.private, license=args.license,
+                         allow_empty=args.allow_empty)
+    scored = load_rows(args.scored, what="scored dataset") if args.scored else None
     facts = {"source": args.source or args.selected, "selection_rule_slug": args.rule}
-    publish_step(load_rows(args.selected), scored, target, {k: v for k, v in facts.items() if v}, None)
+    selected = load_rows(args.selected, what="selection")
+    publish_step(selected, scored, target, {k: v for k, v in facts.items() if v}, None)
 
 
 def cmd_report(args) -> None:
@@ -263,11 +276,16 @@ def cmd_run(args) -> None:
     scored, scorer, source = score_step(recipe.input, recipe.score, recipe.run, fresh=args.fresh, show=recipe.show)
     if scored is None:  # not the main process: its share of the scoring is done
         return
-    for spec in recipe.select:
-        selected, report = select_step(scored, spec)
-        if recipe.publish is not None:
-            facts = selection_provenance(source, scorer, spec, report, recipe=str(args.recipe))
-            publish_step(selected, scored, recipe.publish, facts, effective_threshold(selected, spec))
+    selections = [(spec, *select_step(scored, spec)) for spec in recipe.select]
+    if recipe.publish is None:
+        return
+    empty = [spec.slug for spec, selected, _ in selections if len(selected) == 0]
+    if empty and not recipe.publish.allow_empty:  # refused before anything is published
+        raise ValueError(f"selection {', '.join(empty)} kept 0 rows: nothing published; loosen the rule, or set "
+                         f"publish.allow_empty: true in {args.recipe} to publish empty revisions")
+    for spec, selected, report in selections:
+        facts = selection_provenance(source, scorer, spec, report, recipe=str(args.recipe))
+        publish_step(selected, scored, recipe.publish, facts, effective_threshold(selected, spec))
 
 
 # -- the parser ------------------------------------------------------------------------------------------
@@ -281,110 +299,167 @@ def _pairs(text: str, option: str) -> dict[str, str]:
 
 
 def _count_or_fraction(text: str) -> int | float:
-    return float(text) if any(c in text for c in ".eE") else int(text)
+    """``--diversity``: a row count (an integer >= 1) or a fraction of the rows (a number in (0, 1))."""
+    try:
+        value = float(text) if any(c in text for c in ".eE") else int(text)
+    except ValueError:
+        value = None
+    if value is None or (isinstance(value, int) and value < 1) or (isinstance(value, float) and not 0 < value < 1):
+        raise argparse.ArgumentTypeError(f"expected a row count (e.g. 500) or a fraction of the rows in (0, 1) "
+                                         f"(e.g. 0.02), got {text!r}")
+    return value
 
 
 def _add_refine(p) -> None:
     p.add_argument("--refine-k", type=int, help="refine the task set to K tasks (SuperNUGGETS), e.g. 100")
     p.add_argument("--refine-sample", type=int, default=1000, help="rows sampled before clustering (default 1000)")
-    p.add_argument("--refine-seed", type=int, default=0)
+    p.add_argument("--refine-seed", type=int, default=0, help="seed of the sample and k-means (default 0)")
     p.add_argument("--encoder", help="sentence encoder name or path (default: the embedded all-MiniLM-L6-v2)")
+
+
+def _recipe_sections() -> str:
+    """The sections of a recipe, as :mod:`hf_prospector.recipes` documents them (for ``run --help``)."""
+    from . import recipes
+
+    doc = recipes.__doc__ or ""  # None under python -OO
+    return textwrap.dedent(doc.split("::\n\n", 1)[-1].split("\n\n", 1)[0]) if "::\n\n" in doc else ""
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-prospector", description="Find the instruction-tuning rows worth "
-                                     "training on, with a small language model.")
+                                     "training on, with a small language model.",
+                                     epilog="example:\n  hf-prospector run recipes/quickstart.yaml\n"
+                                            "  hf-prospector score --help",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true",
+                        help="on an error, show the full traceback (also: HF_PROSPECTOR_DEBUG=1)")
 
-    p = sub.add_parser("score", help="add IFD or golden-score columns (resumable; torchrun/accelerate aware)")
+    def command(name: str, help: str, examples: str, more: str = ""):
+        return sub.add_parser(name, help=help, description=help, parents=[common],
+                              formatter_class=argparse.RawDescriptionHelpFormatter,
+                              epilog=(more + "\n\n" if more else "") + "examples:\n" + textwrap.indent(examples, "  "))
+
+    p = command("score", "add IFD or golden-score columns (resumable; torchrun/accelerate aware)",
+                "hf-prospector score data.jsonl --model smollm2-135m --output out/scored\n"
+                "hf-prospector score tatsu-lab/alpaca --limit 1000 --convention superfiltering --model gpt2\n"
+                "hf-prospector score data.jsonl --scorer gold --task-set tasks.json --output out/gold")
     p.add_argument("input", nargs="?", default="demo",
                    help="Hub id, json/jsonl/parquet/csv file, saved dataset, 'demo' or 'demo-chat' (default: demo)")
-    p.add_argument("--scorer", choices=("ifd", "gold"), default="ifd")
+    p.add_argument("--scorer", choices=("ifd", "gold"), default="ifd",
+                   help="ifd: instruction-following difficulty; gold: NUGGETS' golden score (default ifd)")
     p.add_argument("--model", help="embedded name (default smollm2-135m), .gguf file, local folder or Hub id")
-    p.add_argument("--revision", help="model revision on the Hub")
+    p.add_argument("--revision", help="model revision on the Hub (branch, tag or commit)")
     p.add_argument("--convention", help="ifd: exact (default), superfiltering, cherry; gold: exact, nuggets")
     p.add_argument("--template", help="plain, alpaca or chat (default: the convention's)")
-    p.add_argument("--max-length", type=int)
-    p.add_argument("--min-response-tokens", type=int)
+    p.add_argument("--max-length", type=int, help="tokens per row, prompt and response (default: the convention's)")
+    p.add_argument("--min-response-tokens", type=int,
+                   help="ifd: response tokens a cut row must keep to be scored (default: the convention's)")
     p.add_argument("--dtype", default="auto", help="auto (bfloat16 where native), float32, bfloat16, float16")
     p.add_argument("--device", help="e.g. cpu or cuda:1 (default: one GPU per process, else the CPU)")
-    p.add_argument("--token-budget", type=int, help="tokens per micro-batch")
+    p.add_argument("--token-budget", type=int, help="tokens per micro-batch (default: sized to the device)")
     p.add_argument("--compile", choices=("auto", "on", "off"),
                    help="torch.compile the model: auto (default) compiles after a minute of model time")
-    p.add_argument("--columns", help="row layout, e.g. instruction=question,response=answer")
-    p.add_argument("--turn", choices=("last", "first"), default="last")
+    p.add_argument("--columns", help="row layout, e.g. instruction=question,response=answer (default: detected)")
+    p.add_argument("--turn", choices=("last", "first"), default="last",
+                   help="chat rows: score the last (default) or the first assistant turn")
     p.add_argument("--task-set", help="gold: a file, saved dataset or Hub id of tasks")
-    p.add_argument("--task-max-length", type=int)
+    p.add_argument("--task-max-length", type=int, help="gold: tokens per task (default: the convention's)")
     _add_refine(p)
-    p.add_argument("--split", default="train")
+    p.add_argument("--split", default="train", help="the input's split (default train)")
     p.add_argument("--streaming", action="store_true", help="read the input as a stream (larger than memory)")
     p.add_argument("--limit", type=int, help="score only the first N rows")
-    p.add_argument("--output", default="prospector_out/scored", help="saved-dataset folder or .parquet file")
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="rows per scorer call")
-    p.add_argument("--part-rows", type=int, default=DEFAULT_PART_ROWS, help="rows per saved part (block)")
+    p.add_argument("--output", default="prospector_out/scored",
+                   help="saved-dataset folder or .parquet file (default prospector_out/scored)")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                   help=f"rows per scorer call (default {DEFAULT_BATCH_SIZE})")
+    p.add_argument("--part-rows", type=int, default=DEFAULT_PART_ROWS,
+                   help=f"rows per saved part (block) (default {DEFAULT_PART_ROWS})")
     p.add_argument("--part-seconds", type=float, default=DEFAULT_PART_SECONDS,
-                   help="save finished rows at least this often (default 300)")
+                   help=f"save finished rows at least this often (default {DEFAULT_PART_SECONDS:g})")
     p.add_argument("--fresh", action="store_true", help="discard the saved parts of an earlier run")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing --output that a run here did not write (refused otherwise)")
-    p.add_argument("--show", type=int, default=10, help="rows of the score table to print (0: none)")
+    p.add_argument("--show", type=int, default=10, help="rows of the score table to print (0: none; default 10)")
     p.set_defaults(func=cmd_score)
 
-    p = sub.add_parser("taskset", help="load a task set for the golden score, optionally refined")
+    p = command("taskset", "load a task set for the golden score, optionally refined (SuperNUGGETS)",
+                "hf-prospector taskset task_set_kmeans_100.json --output out/tasks.parquet\n"
+                "hf-prospector taskset tatsu-lab/alpaca --refine-k 100 --output out/tasks")
     p.add_argument("source", help="file, saved dataset or Hub id of tasks")
-    p.add_argument("--split", default="train")
+    p.add_argument("--split", default="train", help="the source's split (default train)")
     p.add_argument("--output", required=True, help="saved-dataset folder or .parquet file")
     _add_refine(p)
     p.set_defaults(func=cmd_taskset)
 
-    p = sub.add_parser("select", help="keep rows by a score column")
+    p = command("select", "keep rows by a score column (top fraction, top n or threshold; then diversity)",
+                "hf-prospector select out/scored --top-fraction 0.05 --output out/top5.parquet\n"
+                "hf-prospector select out/scored --top-fraction 0.2 --diversity 0.02 --output out/diverse\n"
+                "hf-prospector select out/gold --column gold_score --threshold 0.85 --output out/nuggets")
     p.add_argument("scored", help="a scored dataset (folder, .parquet, ...)")
-    p.add_argument("--column", default="ifd")
+    p.add_argument("--column", default="ifd", help="the score column to rank by (default ifd)")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--top-fraction", type=float, help="e.g. 0.05: the top 5%% of eligible rows")
-    which.add_argument("--top-n", type=int)
+    which.add_argument("--top-n", type=int, help="the N best eligible rows")
     which.add_argument("--threshold", type=float, help="keep rows with score > T (< T with --lowest)")
     p.add_argument("--lowest", action="store_true", help="keep the lowest scores instead")
     p.add_argument("--ifd-max", type=float, default=1.0, help="IFD columns: only rows below this (default 1)")
     p.add_argument("--ifd-max-inclusive", action="store_true", help="IFD columns: keep IFD == ifd-max too (Cherry)")
     p.add_argument("--no-ifd-max", action="store_true", help="IFD columns: no upper bound")
-    p.add_argument("--diversity", help="then facility location to K rows (int) or a fraction of all rows (float)")
+    p.add_argument("--diversity", type=_count_or_fraction,
+                   help="then facility location to K rows (an integer) or a fraction of all rows (e.g. 0.02)")
     p.add_argument("--encoder", help="sentence encoder for --diversity (default: embedded all-MiniLM-L6-v2)")
     p.add_argument("--output", required=True, help="saved-dataset folder or .parquet file")
     p.set_defaults(func=cmd_select)
 
-    p = sub.add_parser("card", help="write a dataset card (README.md + figures/) for scored rows")
+    p = command("card", "write a dataset card (README.md + figures/) for scored rows",
+                "hf-prospector card out/scored --selected out/top5.parquet --out out/card --source tatsu-lab/alpaca")
     p.add_argument("scored", help="the scored dataset (all rows)")
     p.add_argument("--selected", help="the selected rows, to compare with all rows")
     p.add_argument("--out", required=True, help="folder for README.md and figures/")
-    p.add_argument("--source", help="how the card names the source data")
-    p.add_argument("--license")
+    p.add_argument("--source", help="how the card names the source data (default: the scored path)")
+    p.add_argument("--license", help="the card's license, e.g. cc-by-nc-4.0")
     p.set_defaults(func=cmd_card)
 
-    p = sub.add_parser("publish", help="publish selected rows with a card: a local git repository or the Hub")
+    p = command("publish", "publish selected rows with a card: a local git repository or the Hub",
+                "hf-prospector publish out/top5.parquet out/repo --scored out/scored --rule ifd-top5pct\n"
+                "hf-prospector publish out/top5.parquet me/alpaca-top5 --hub --scored out/scored --create-pr",
+                "A selection with 0 rows is refused unless --allow-empty. Publishing what a revision already\n"
+                "holds makes no commit. The Hub token comes from HF_TOKEN or `hf auth login`.")
     p.add_argument("selected", help="the selected rows")
-    p.add_argument("target", help="a local folder, or a Hub dataset repo id with --hub")
+    p.add_argument("target", help="a local folder (new, empty, or a repository published to before), "
+                                  "or a Hub dataset repo id with --hub")
     p.add_argument("--hub", action="store_true", help="TARGET is a Hub repo id")
     p.add_argument("--scored", help="all scored rows, for the card's statistics")
     p.add_argument("--revision", help="branch (default: select-<rule>, or a timestamp)")
     p.add_argument("--rule", help="the selection's slug, e.g. ifd-top5pct (names the default revision)")
-    p.add_argument("--source", help="how the card names the source data")
+    p.add_argument("--source", help="how the card names the source data (default: the selected path)")
     p.add_argument("--create-pr", action="store_true", help="Hub: open a pull request")
     p.add_argument("--private", action="store_true", default=None, help="Hub: create the repo private")
-    p.add_argument("--license")
+    p.add_argument("--license", help="the card's license, e.g. cc-by-nc-4.0 (default: the source's on the Hub)")
+    p.add_argument("--allow-empty", action="store_true", help="publish even when the selection has no rows")
     p.set_defaults(func=cmd_publish)
 
-    p = sub.add_parser("report", help="compare two scorings, or assess scored datasets")
-    p.add_argument("kind", choices=("compare", "assess"))
+    p = command("report", "compare two scorings of the same rows, or assess scored datasets side by side",
+                "hf-prospector report compare out/small out/large --names smollm2 gpt2 --out out/cmp\n"
+                "hf-prospector report assess alpaca=out/alpaca dolly=out/dolly --fraction 0.05 --out out/assess")
+    p.add_argument("kind", choices=("compare", "assess"), help="compare: two scorings; assess: datasets")
     p.add_argument("inputs", nargs="+", help="compare: A B; assess: NAME=PATH ...")
-    p.add_argument("--names", nargs=2, help="compare: labels for A and B")
+    p.add_argument("--names", nargs=2, help="compare: labels for A and B (default: the paths)")
     p.add_argument("--fraction", type=float, default=0.05, help="assess: the top/bottom fraction (default 0.05)")
-    p.add_argument("--out", help="folder for report.md and figures")
+    p.add_argument("--out", help="folder for report.md and figures (default: print only)")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("run", help="run a YAML recipe: score, select, publish")
-    p.add_argument("recipe", help="e.g. recipes/quickstart.yaml")
-    p.add_argument("--check", action="store_true", help="validate the recipe only")
+    p = command("run", "run a YAML recipe: score, select, publish",
+                "hf-prospector run recipes/quickstart.yaml --check\n"
+                "hf-prospector run recipes/quickstart.yaml\n"
+                "torchrun --nproc_per_node 4 -m hf_prospector run recipes/superfiltering.yaml",
+                "A recipe has these sections; only score is required (see hf_prospector.recipes):\n\n"
+                + textwrap.indent(_recipe_sections(), "  "))
+    p.add_argument("recipe", help="the recipe file, e.g. recipes/quickstart.yaml")
+    p.add_argument("--check", action="store_true",
+                   help="validate the recipe (keys, values, local paths) and exit; loads no model")
     p.add_argument("--fresh", action="store_true", help="discard the saved parts of an earlier run")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing run.output that a run here did not write (refused otherwise)")
@@ -392,18 +467,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def error_line(err: BaseException) -> str:
+    """``err`` as one line: its message; the type's name first unless it is a bad input or setting, or one of
+    this library's errors (whose messages say what to do)."""
+    message = err.args[0] if isinstance(err, KeyError) and err.args else err  # KeyError's str() adds quotes
+    text = " ".join(line.strip() for line in str(message).splitlines() if line.strip())
+    ours = type(err).__module__.startswith("hf_prospector")  # GitError, RunMismatchError, the model loader's, ...
+    if text and (ours or isinstance(err, (ValueError, OSError, KeyError))):
+        return text
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run a subcommand; any error is one line on stderr (exit 2), Ctrl-C one line (exit 130)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    debug = args.debug or os.environ.get("HF_PROSPECTOR_DEBUG", "") not in ("", "0")
     try:
         args.func(args)
-    except (RecipeError, RunMismatchError, FileNotFoundError, FileExistsError, KeyError, ValueError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err  # KeyError's str() adds quotes
-        print(f"hf-prospector {args.command}: error: {message}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt as err:  # RunInterrupted says how many rows are saved and how to resume
+        if debug:
+            traceback.print_exc()
         print(str(err) or f"hf-prospector {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:
+        if debug:
+            traceback.print_exc()
+        print(f"hf-prospector {args.command}: error: {error_line(err)}", file=sys.stderr)
+        if not debug:
+            print("(--debug shows the traceback)", file=sys.stderr)
+        return 2
     return 0
 
 

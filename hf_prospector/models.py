@@ -143,6 +143,8 @@ def _load_gguf(gguf: Path):
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    except ImportError:  # a missing package is not a broken file: its own message says what to install
+        raise
     except Exception as err:  # a cut file fails wherever the reader first runs past its end
         raise ModelLoadError(f"cannot read the GGUF file {gguf} ({gguf.stat().st_size:,} bytes): it is truncated or "
                              f"not a GGUF model ({type(err).__name__}: {_first_line(err)}); download it again") from err

@@ -8,7 +8,8 @@ A recipe has these sections; only ``score`` is required::
     run:     {output: prospector_out/scored, batch_size: 256, part_rows: 4096, part_seconds: 300, overwrite: false}
     select:  - rule: {column: ifd, top_fraction: 0.05}           # a SelectionRule
                diversity: {k: 0.02}                              # optional: then facility location
-    publish: {path: prospector_out/repo}                         # or {hub: user/name}
+    publish: {path: prospector_out/repo}                         # or {hub: user/name, create_pr: false}
+                                                                 # also: revision, license, allow_empty
     show: 10                                                     # score-table rows to print
 
 :func:`load_recipe` reads and checks it: an unknown key, a wrong type or a bad value is an error that
@@ -129,6 +130,7 @@ class PublishSpec:
     create_pr: bool = False  # hub only
     private: bool | None = None  # hub only
     license: str | None = None
+    allow_empty: bool = False  # publish a selection that kept no rows (refused by default)
 
 
 @dataclass
@@ -221,6 +223,22 @@ def check_recipe(recipe: Recipe) -> None:
     slugs = [s.slug for s in recipe.select]
     if len(set(slugs)) < len(slugs):
         raise RecipeError(f"two selections are the same rule ({slugs}); each needs its own")
+    _check_paths(recipe)
+
+
+def _check_paths(recipe: Recipe) -> None:
+    """Local files the run reads exist (a Hub id or URL is checked when it loads)."""
+    from .sources import local_path
+
+    sources = [("input.source", recipe.input.source)]
+    if recipe.score.scorer == "gold":
+        sources.append(("score.task_set", recipe.score.task_set))
+    for key, source in sources:
+        path = local_path(source)
+        if path is not None and not path.exists():
+            where = "" if path.is_absolute() else f", relative to the working directory {Path.cwd()}"
+            raise RecipeError(f"{key}: {source} does not exist (read as a local path, not a Hub id{where}); "
+                              "check the path")
 
 
 # -- building dataclasses from YAML ----------------------------------------------------------------------

@@ -16,15 +16,30 @@ from .formats import batch_to_examples, detect_format
 from .sources import load_rows
 
 
-def load_task_set(source, split: str = "train") -> Dataset:
+def load_task_set(source, split: str = "train", require_answers: bool = True) -> Dataset:
     """A task set from a Dataset, a DatasetDict (``split``), a json/jsonl/parquet/csv file, a saved
-    dataset or a Hub id, in any row format the library reads."""
+    dataset or a Hub id, in any row format the library reads.
+
+    A task without an answer cannot be scored; with ``require_answers`` (the default) one is an error
+    naming it (refining passes False: the refined set is checked when the scorer loads it).
+    """
     if isinstance(source, DatasetDict):
         source = source[split]
-    ds = source if isinstance(source, Dataset) else load_rows(str(source), split=split)
+    ds = source if isinstance(source, Dataset) else load_rows(str(source), split=split, what="task set")
     detect_format(ds.column_names)
+    name = "the task set" + ("" if isinstance(source, Dataset) else f" {source}")
     if len(ds) == 0:
-        raise ValueError(f"the task set {source!r} has no rows")
+        raise ValueError(f"{name} has no rows")
+    if require_answers:
+        examples = batch_to_examples(ds[:])
+        empty = [i for i, ex in enumerate(examples) if not ex.response.strip()]
+        if empty:
+            shown = ", ".join(map(str, empty[:5])) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+            first = examples[empty[0]].instruction.replace("\n", " ")
+            noun, verb = ("task", "has") if len(empty) == 1 else ("tasks", "have")
+            raise ValueError(f"{name}: {noun} {shown} (of {len(ds)}, counting from 0) {verb} an empty answer "
+                             f"(task {empty[0]}: {first[:60]!r}); every task needs an answer to score against: "
+                             "fill it in or remove the row")
     return ds
 
 

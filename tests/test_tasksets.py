@@ -58,3 +58,21 @@ def test_load_task_set_from_file_and_errors(tmp_path):
 def test_nuggets_task_set_loads(shared_data):
     ts = load_task_set(str(shared_data / "task_set_kmeans_100.json"))
     assert len(ts) == 100 and {"instruction", "output"} <= set(ts.column_names)
+
+
+def test_a_task_with_an_empty_answer_is_named_before_any_model_loads(tmp_path, tiny_model_dir):
+    tasks = rows(4).map(lambda row, i: {"output": " " if i in (1, 3) else row["output"]}, with_indices=True)
+    with pytest.raises(ValueError, match=r"tasks 1, 3 \(of 4, counting from 0\) have an empty answer "
+                                         r"\(task 1: 'beta task 1'\)"):
+        load_task_set(tasks)
+    from hf_prospector.scorers import GoldScorer
+
+    tasks.to_json(str(tmp_path / "tasks.jsonl"))
+    with pytest.raises(ValueError, match=rf"the task set {tmp_path / 'tasks.jsonl'}: tasks 1, 3"):
+        GoldScorer(model=str(tiny_model_dir), task_set=str(tmp_path / "tasks.jsonl"))
+    assert len(load_task_set(tasks, require_answers=False)) == 4  # refining may start from such a set
+
+
+def test_a_missing_task_set_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match=rf"the task set file {tmp_path / 'tasks.json'} does not exist"):
+        load_task_set(str(tmp_path / "tasks.json"))

@@ -54,6 +54,7 @@ class Publication:
     commit: str
     location: str  # the local repository path or the Hub repo URL
     pr_url: str | None = None
+    unchanged: bool = False  # the revision already held exactly this: no new commit was made
 
 
 # -- the recipe -----------------------------------------------------------------------------------------------
@@ -66,6 +67,13 @@ def as_dataset_dict(selected: Dataset | DatasetDict) -> DatasetDict:
     if isinstance(selected, Dataset):
         return DatasetDict({"train": selected})
     raise TypeError(f"expected a datasets.Dataset or DatasetDict to publish, got {type(selected).__name__}")
+
+
+def require_rows(splits: DatasetDict, allow_empty: bool) -> None:
+    """Refuse to publish a selection that kept no rows, unless asked to (an empty revision is rarely meant)."""
+    if not allow_empty and sum(len(split) for split in splits.values()) == 0:
+        raise ValueError("the selection kept 0 rows: nothing to publish; loosen the rule, or publish it anyway "
+                         "with allow_empty=True (--allow-empty; a recipe's publish.allow_empty: true)")
 
 
 def complete_provenance(provenance: Mapping[str, Any] | None, selected: Dataset | DatasetDict | None = None,

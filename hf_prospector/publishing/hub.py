@@ -25,7 +25,9 @@ from huggingface_hub import CommitOperationAdd, DatasetCard, HfApi, get_token
 from huggingface_hub.constants import DEFAULT_REVISION, REPOCARD_NAME
 
 from hf_prospector.publishing.card import (FIGURES_DIR, Publication, as_dataset_dict, commit_message,
-                                           complete_provenance, default_revision, make_card, merge_card)
+                                           complete_provenance, default_revision, make_card, merge_card,
+                                           require_rows)
+from hf_prospector.sources import hub_unreachable, is_connection_error
 
 HUB_DATASET_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
@@ -64,6 +66,17 @@ def _token_kept_secret(token: str) -> Iterator[None]:
         raise
 
 
+@contextmanager
+def _reaching(action: str) -> Iterator[None]:
+    """A failure to connect becomes one error naming the endpoint and whether offline mode is on."""
+    try:
+        yield
+    except Exception as err:
+        if is_connection_error(err):
+            raise hub_unreachable(action) from err
+        raise
+
+
 def _hub_license(api: HfApi, source: Any) -> str | None:
     """The license on the card of ``source`` when it is a Hub dataset id; None when unknown or unreachable."""
     if not isinstance(source, str) or not HUB_DATASET_ID.match(source) or Path(source).exists():
@@ -78,16 +91,19 @@ def _hub_license(api: HfApi, source: Any) -> str | None:
 def publish(selected: Dataset | DatasetDict, repo_id: str, revision: str | None = None, create_pr: bool = False,
             private: bool | None = None, token: str | None = None, *, scored: Dataset | None = None,
             provenance: Mapping[str, Any] | None = None, thresholds: Mapping[str, float] | None = None,
-            license: str | None = None, allow_default_branch: bool = False) -> Publication:
+            license: str | None = None, allow_default_branch: bool = False, allow_empty: bool = False) -> Publication:
     """Push ``selected`` (a Dataset = split "train", or a DatasetDict) and its card to dataset repo ``repo_id``.
 
     ``revision`` is the branch (default: :func:`default_revision` of the provenance); with ``create_pr``
     the commits open a pull request against it (against ``main`` when ``revision`` is None) and the
     result's ``revision`` is ``refs/pr/N``. Pushing to ``main`` itself needs ``allow_default_branch=True``.
     ``private`` applies when the repo is created. The license defaults to ``provenance["license"]``, else
-    the source dataset's on the Hub, else the one already on the target card.
+    the source dataset's on the Hub, else the one already on the target card. A selection without rows
+    needs ``allow_empty=True``. An endpoint that cannot be reached is a
+    :class:`~hf_prospector.sources.HubUnreachableError` naming it.
     """
     splits = as_dataset_dict(selected)
+    require_rows(splits, allow_empty)
     facts = complete_provenance(provenance, selected, scored)
     if revision is None and not create_pr:
         revision = default_revision(facts)
@@ -98,7 +114,7 @@ def publish(selected: Dataset | DatasetDict, repo_id: str, revision: str | None 
     summary, description = commit_message(facts)
     if token in summary + description:
         raise ValueError("the provenance contains the Hub token; remove it before publishing")
-    with _token_kept_secret(token):
+    with _token_kept_secret(token), _reaching(f"publish to {repo_id}"):
         api = HfApi(token=token)
         license = license or facts.get("license") or _hub_license(api, facts.get("source"))
         data_commit = splits.push_to_hub(repo_id, revision=revision, create_pr=create_pr, private=private,

@@ -23,7 +23,8 @@ from datasets.utils.py_utils import convert_file_size_to_int
 from huggingface_hub import DatasetCard
 
 from hf_prospector.publishing.card import (FIGURES_DIR, Publication, as_dataset_dict, commit_message,
-                                           complete_provenance, default_revision, make_card, merge_card)
+                                           complete_provenance, default_revision, make_card, merge_card,
+                                           require_rows)
 
 DEFAULT_BRANCH = "main"
 DATA_DIR = "data"
@@ -66,10 +67,17 @@ def _branch_exists(repo: Path, name: str) -> bool:
     return _git(repo, "rev-parse", "--verify", "--quiet", f"refs/heads/{name}", check=False).returncode == 0
 
 
+def _changes(repo: Path) -> list[str]:
+    """Paths with uncommitted changes (``git status --porcelain``)."""
+    return [line[3:] for line in _git(repo, "status", "--porcelain").stdout.splitlines() if line]
+
+
 def _require_clean(repo: Path) -> None:
-    changes = _git(repo, "status", "--porcelain").stdout.strip()
+    changes = _changes(repo)
     if changes:
-        raise GitError(f"{repo} has uncommitted changes; commit or discard them first:\n{changes}")
+        shown = ", ".join(changes[:3]) + (f" and {len(changes) - 3} more" if len(changes) > 3 else "")
+        raise GitError(f"{repo} has uncommitted changes ({shown}); commit or discard them first "
+                       f"(see git -C {repo} status)")
 
 
 def init_repository(path: str | Path) -> Path:
@@ -77,6 +85,9 @@ def init_repository(path: str | Path) -> Path:
     repo = Path(path)
     if (repo / ".git").exists():
         return repo
+    if repo.exists() and not repo.is_dir():
+        raise FileExistsError(f"{repo} is a file, not a folder; publish to a new or empty folder, or to an "
+                              "existing dataset repository")
     if repo.exists() and any(repo.iterdir()):
         raise FileExistsError(f"{repo} exists, is not empty and is not a git repository; pick an empty or new folder")
     repo.mkdir(parents=True, exist_ok=True)
@@ -123,15 +134,18 @@ def _write_data(repo: Path, splits: DatasetDict, card: DatasetCard) -> None:
 def publish_local(selected: Dataset | DatasetDict, path: str | Path, revision: str | None = None, *,
                   scored: Dataset | None = None, provenance: Mapping[str, Any] | None = None,
                   thresholds: Mapping[str, float] | None = None, license: str | None = None,
-                  allow_default_branch: bool = False) -> Publication:
+                  allow_default_branch: bool = False, allow_empty: bool = False) -> Publication:
     """Commit ``selected`` (a Dataset = split "train", or a DatasetDict) and its card on branch ``revision``.
 
     The branch is created from ``main`` when missing (named by :func:`default_revision` when ``revision``
     is None) and left checked out. ``scored`` (all rows, with scores) feeds the card's "all rows"
     statistics; without it the card describes the published rows alone. Publishing to ``main`` needs
-    ``allow_default_branch=True``. On failure the repository is put back as it was.
+    ``allow_default_branch=True``, and a selection without rows ``allow_empty=True``. Publishing what the
+    revision already holds makes no commit: the result has ``unchanged=True`` and the revision's commit.
+    On failure the repository is put back as it was.
     """
     splits = as_dataset_dict(selected)
+    require_rows(splits, allow_empty)
     facts = complete_provenance(provenance, selected, scored)
     revision = revision or default_revision(facts)
     if revision == DEFAULT_BRANCH and not allow_default_branch:
@@ -154,6 +168,9 @@ def publish_local(selected: Dataset | DatasetDict, path: str | Path, revision: s
         shutil.rmtree(repo / FIGURES_DIR, ignore_errors=True)
         ours = make_card(scored, splits, facts, repo, thresholds, license)
         merge_card(card, ours).save(readme)
+        if not created and not _changes(repo):  # the revision already holds these rows and this card
+            return Publication(revision=revision, commit=_git(repo, "rev-parse", "HEAD").stdout.strip(),
+                               location=str(repo), unchanged=True)
         summary, description = commit_message(facts)
         commit = _commit(repo, f"{summary}\n\n{description}\n")
     except BaseException:

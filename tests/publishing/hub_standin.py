@@ -270,8 +270,10 @@ def _make_handler(hub: HubStandIn):
                 payload = json.loads(body)
                 repo_id = f"{payload['organization']}/{payload['name']}"
                 with hub.lock:
-                    if repo_id in hub.repos:
-                        self._error(409, "Conflict", "You already created this dataset repo")
+                    if repo_id in hub.repos:  # the Hub names the existing repo (huggingface_hub < 1.0 reads it)
+                        message = "You already created this dataset repo"
+                        self._reply(409, {"error": message, "url": f"{hub.endpoint}/datasets/{repo_id}"},
+                                    {"X-Error-Code": "Conflict", "X-Error-Message": message})
                         return True
                     hub.create_repo(repo_id, private=payload.get("visibility") == "private")
                 self._reply(200, {"url": f"{hub.endpoint}/datasets/{repo_id}", "name": repo_id})

@@ -151,3 +151,8 @@ def test_errors_holding_the_token_are_scrubbed():
     with pytest.raises(LookupError, match="unrelated"):  # other errors pass through unchanged
         with _token_kept_secret(TOKEN):
             raise LookupError("unrelated")
+
+
+def test_an_empty_selection_is_refused_before_the_hub_is_contacted():
+    with pytest.raises(ValueError, match=r"kept 0 rows: nothing to publish"):
+        publish(scored_dataset(rows=3).select([]), "me/empty", "none", token=TOKEN)

@@ -115,3 +115,31 @@ def test_bad_names_and_folders_are_refused(tmp_path):
     (tmp_path / "full" / "file.txt").write_text("x")
     with pytest.raises(FileExistsError, match="not empty and is not a git repository"):
         publish_local(scored, tmp_path / "full", "a")
+
+
+def test_a_file_is_not_a_repository(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"notes.txt is a file, not a folder"):
+        publish_local(scored_dataset(rows=3), tmp_path / "notes.txt", "a")
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_publishing_the_same_again_makes_no_commit(tmp_path):
+    repo = tmp_path / "repo"
+    scored = scored_dataset(rows=6)
+    first = publish_local(scored.select(range(3)), repo, "a", scored=scored, provenance={"source": "x"})
+    again = publish_local(scored.select(range(3)), repo, "a", scored=scored, provenance={"source": "x"})
+    assert (again.revision, again.commit, again.unchanged, first.unchanged) == ("a", first.commit, True, False)
+    assert git(repo, "rev-list", "--count", "a").strip() == "2"  # main's commit and the one publish
+    assert git(repo, "status", "--porcelain") == ""
+    changed = publish_local(scored.select(range(4)), repo, "a", scored=scored, provenance={"source": "x"})
+    assert not changed.unchanged and git(repo, "rev-parse", f"{changed.commit}~1").strip() == first.commit
+
+
+def test_an_empty_selection_needs_allow_empty(tmp_path):
+    empty = scored_dataset(rows=4).select([])
+    with pytest.raises(ValueError, match=r"kept 0 rows: nothing to publish.*allow_empty=True"):
+        publish_local(empty, tmp_path / "repo", "none")
+    assert not (tmp_path / "repo").exists()
+    done = publish_local(empty, tmp_path / "repo", "none", allow_empty=True)
+    assert done.revision == "none" and [r.name for r in list_revisions(tmp_path / "repo")] == ["main", "none"]
