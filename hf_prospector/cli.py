@@ -28,7 +28,7 @@ from pathlib import Path
 from .recipes import (DiversitySpec, InputSpec, PublishSpec, Recipe, RefineSpec, RunSpec, ScoreSpec, SelectSpec,
                       check_recipe, load_recipe)
 from .runner import DEFAULT_BATCH_SIZE, DEFAULT_PART_ROWS, DEFAULT_PART_SECONDS
-from .sources import load_rows
+from .sources import load_rows, save_rows
 
 # Score-table columns per scorer (the note column is shown last).
 TABLE_COLUMNS = {"ifd": ("ifd", "ifd_loss", "ppl_cond", "ppl_uncond", "n_response_tokens"),
@@ -176,15 +176,6 @@ def print_table(ds, spec: ScoreSpec, limit: int, width: int = 44) -> None:
         print(f"{row['row_id']!s:>6}  {label:<{width}}  {cells}  {row.get(note) or ''}")
     if len(ds) > limit:
         print(f"... {len(ds) - limit} more rows")
-
-
-def save_rows(ds, path: str) -> None:
-    """A ``.parquet`` file, or a saved-dataset folder; either loads back with :func:`load_rows`, even with 0 rows."""
-    if str(path).endswith(".parquet"):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        ds.to_parquet(path)
-    else:
-        ds.save_to_disk(path, num_shards=1 if len(ds) == 0 else None)  # 0 shards would not load back
 
 
 # -- subcommands -----------------------------------------------------------------------------------------

@@ -52,6 +52,8 @@ import numpy as np
 import pyarrow.parquet as pq
 from datasets import Dataset, Features, IterableDataset, Value, concatenate_datasets, load_from_disk
 
+from .sources import load_rows, save_rows
+
 ROW_ID = "row_id"
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 2  # 2: the input is identified by the hashes of its rows in each part, not a fingerprint
@@ -201,8 +203,6 @@ class _Run:
         if self.world > 1 and self.device_rank is None:
             local_world = int(os.environ.get("LOCAL_WORLD_SIZE", self.world))
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))  # no oversubscription
-        if not self.streaming and len(self.source) == 0:
-            raise ValueError(f"{source_name}: the input has no rows to score")
         self.identity = json.loads(json.dumps({"scorer": scorer.settings()}, sort_keys=True, default=str))
         self.rows_scored = 0
         self.rows_input_changed, self.corrupt_parts = 0, []  # what the main process set aside
@@ -450,23 +450,23 @@ class _Run:
         parts = self._parts()
         gaps = _missing([(a, b) for a, b, _ in parts], 0, total)
         overlaps = [(p[2].name, q[2].name) for p, q in zip(parts, parts[1:]) if q[0] < p[1]]
-        if gaps or overlaps or not parts:
+        if gaps or overlaps or (total and not parts):
             raise RuntimeError(f"the parts in {self.work} do not cover rows 0..{total} exactly once "
                                f"(missing: {gaps[:5]}, overlapping: {overlaps[:5]}); re-run the same command "
                                "to score the missing rows")
         blocks = [[a, b, _part_hash(path)] for a, b, path in parts]
         cache = self.work / "cache"
-        ds = Dataset.from_parquet([str(p) for _, _, p in parts], features=_merged_features(parts),
-                                  cache_dir=str(cache))
+        if parts:
+            ds = Dataset.from_parquet([str(p) for _, _, p in parts], features=_merged_features(parts),
+                                      cache_dir=str(cache))
+        else:  # 0 rows in, 0 rows out, with every column typed (the next step finds its score columns)
+            features = Features({**(self._features() or {ROW_ID: Value("int64")}), **self.scorer.features})
+            ds = Dataset.from_dict({name: [] for name in features}, features=features)
         self._check_row_ids(ds, total)
         # Written beside the output, then moved: a crash never leaves a half-written output.
         tmp = self.output.with_name(f".{self.output.name}.{os.getpid()}.tmp")
         _remove(tmp)
-        if self.output.suffix == ".parquet":
-            self.output.parent.mkdir(parents=True, exist_ok=True)
-            ds.to_parquet(str(tmp))
-        else:
-            ds.save_to_disk(str(tmp))
+        save_rows(ds, tmp, parquet=self.output.suffix == ".parquet")
         del ds
         _remove(self.output)
         os.replace(tmp, self.output)
@@ -526,9 +526,7 @@ class _Run:
                                   "here; pass --overwrite (overwrite=True) to replace it, or choose another output")
 
     def _load_output(self) -> Dataset:
-        if self.output.suffix == ".parquet":
-            return Dataset.from_parquet(str(self.output))
-        return load_from_disk(str(self.output))
+        return load_rows(str(self.output))
 
 
 # -- helpers -------------------------------------------------------------------------------------------

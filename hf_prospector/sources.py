@@ -142,3 +142,13 @@ def _json_error(path: Path) -> str | None:
             except json.JSONDecodeError as err:
                 return f"line {number}, column {err.colno}: {err.msg}"
     return None
+
+
+def save_rows(ds, path: str | Path, parquet: bool | None = None) -> None:
+    """A ``.parquet`` file (by default when ``path`` ends so), or a saved-dataset folder; either loads back with
+    :func:`load_rows`, even with 0 rows."""
+    if str(path).endswith(".parquet") if parquet is None else parquet:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        ds.to_parquet(str(path))
+    else:
+        ds.save_to_disk(str(path), num_shards=1 if len(ds) == 0 else None)  # 0 shards would not load back

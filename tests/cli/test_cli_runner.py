@@ -164,8 +164,6 @@ def test_nan_summary_counts_rows_and_reasons():
 def test_bad_run_settings_are_refused(rows, tiny_model_dir, tmp_path):
     with pytest.raises(ValueError, match="part_rows must be a positive int"):
         run(rows, scorer(tiny_model_dir), tmp_path / "out", part_rows=0)
-    with pytest.raises(ValueError, match="no rows"):
-        run(rows.select([]), scorer(tiny_model_dir), tmp_path / "out")
 
 
 def test_an_output_folder_that_is_not_a_dataset_is_never_replaced(rows, tiny_model_dir, tmp_path):
@@ -263,3 +261,19 @@ def test_the_command_line_and_recipes_take_overwrite(rows, tiny_model_dir, tmp_p
     assert "already holds a .parquet file of 4 rows" in capsys.readouterr().err
     assert main(args + ["--overwrite"]) == 0 and len(datasets.Dataset.from_parquet(str(theirs))) == 3
     assert parse_recipe({"score": {"scorer": "ifd"}, "run": {"overwrite": True}}).run.overwrite is True
+
+
+@pytest.mark.parametrize("output", ["scored", "scored.parquet"])
+def test_zero_rows_in_give_zero_rows_out_with_typed_score_columns(tiny_model_dir, tmp_path, output):
+    from hf_prospector.cli import main
+    from hf_prospector.scorers import IFDScorer
+    from hf_prospector.sources import load_rows
+
+    data = tmp_path / "none.parquet"
+    datasets.Dataset.from_dict({"instruction": ["x"], "output": ["y"]}).select([]).to_parquet(str(data))
+    assert main(["score", str(data), "--model", str(tiny_model_dir), "--output", str(tmp_path / output)]) == 0
+    scored = load_rows(str(tmp_path / output))
+    assert len(scored) == 0
+    assert scored.features == datasets.Features({"row_id": datasets.Value("int64"), "instruction": datasets.Value("string"),
+                                                 "output": datasets.Value("string"), **IFDScorer.features})
+    assert main(["select", str(tmp_path / output), "--top-fraction", "0.1", "--output", str(tmp_path / "top")]) == 0
