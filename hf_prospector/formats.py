@@ -127,7 +127,8 @@ def _content(value: Any, where: str, column: str) -> tuple[str, str]:
     for part in value:
         if isinstance(part, str):
             texts.append(part)
-        elif isinstance(part, Mapping) and (part.get("type") or "text") in _TEXT_PARTS and isinstance(part.get("text"), str):
+        elif (isinstance(part, Mapping) and (part.get("type") or "text") in _TEXT_PARTS
+              and isinstance(part.get("text"), str)):
             texts.append(part["text"])
         else:
             kind = part.get("type") if isinstance(part, Mapping) else type(part).__name__
@@ -152,18 +153,19 @@ def _tool_calls(t: Mapping, role: str, text_key: str) -> list | None:
 
 def _message(t: Any, i: int, where: str, column: str, role_key: str, text_key: str) -> tuple[dict | None, str]:
     """Turn ``i`` as a chat message (None when its role is unknown), and why it cannot be read ("" when it can)."""
+    shape = f"{where}, column {column!r}, turn {i}: expected {{{role_key!r}, {text_key!r}}}, got {t!r:.80}"
     if not isinstance(t, Mapping) or role_key not in t:
-        raise FormatError(f"{where}, column {column!r}, turn {i}: expected {{{role_key!r}, {text_key!r}}}, got {t!r:.80}")
-    raw = t[role_key]
-    role = ROLE_ALIASES.get(raw.strip().lower()) if isinstance(raw, str) else None
+        raise FormatError(shape)
+    alias = t[role_key].strip().lower() if isinstance(t[role_key], str) else None
+    role = ROLE_ALIASES.get(alias)
     if role is None:
-        return None, (f"turn {i} has the role {raw!r}, which is not known; accepted, in any case: {_ACCEPTED_ROLES}. "
-                      "Rename the role (e.g. with ds.map) to score this row")
-    calls = _tool_calls(t, raw.strip().lower(), text_key) if role == "assistant" else None
-    if calls is not None and (raw.strip().lower() == "function_call" or t.get(text_key) is None):
+        return None, (f"turn {i} has the role {t[role_key]!r}, which is not known; accepted, in any case: "
+                      f"{_ACCEPTED_ROLES}. Rename the role (e.g. with ds.map) to score this row")
+    calls = _tool_calls(t, alias, text_key) if role == "assistant" else None
+    if calls is not None and (alias == "function_call" or t.get(text_key) is None):
         text, problem = "", ""  # a call with no text of its own
     elif text_key not in t:
-        raise FormatError(f"{where}, column {column!r}, turn {i}: expected {{{role_key!r}, {text_key!r}}}, got {t!r:.80}")
+        raise FormatError(shape)
     else:
         text, problem = _content(t[text_key], where, f"{column}[{i}].{text_key}")
         problem = problem and f"turn {i} ({role}): {problem}"
@@ -228,14 +230,14 @@ def to_example(row: Mapping[str, Any], fmt: str, mapping: ColumnMapping | None =
     raise FormatError(f"unknown row format {fmt!r}; known: {FORMATS + ('mapping',)}")
 
 
-def row_names(n: int, indices: Sequence[int] | None = None, row_ids: Sequence | None = None,
-              map_batch: bool = False) -> list[str]:
+def _row_names(n: int, indices: Sequence[int] | None, row_ids: Sequence | None, map_batch: bool) -> list[str]:
     """How errors name the ``n`` rows of a batch: ``row 1200`` (the dataset's row, from ``indices``),
     ``row_id 'a7'`` (from a ``row_id`` column), or, in a ``Dataset.map`` batch that has neither, the
     position in the batch said as such: ``datasets`` passes row numbers only with ``with_indices=True``."""
+    if indices is not None and row_ids is not None:
+        return [f"row {i} (row_id {r!r})" for i, r in zip(indices, row_ids)]
     if indices is not None:
-        return [f"row {i}" + (f" (row_id {r!r})" if row_ids is not None else "")
-                for i, r in zip(indices, row_ids if row_ids is not None else indices)]
+        return [f"row {i}" for i in indices]
     if row_ids is not None:
         return [f"row_id {r!r}" for r in row_ids]
     if map_batch:
@@ -245,7 +247,8 @@ def row_names(n: int, indices: Sequence[int] | None = None, row_ids: Sequence | 
 
 
 def batch_to_examples(batch: Mapping[str, list], mapping: ColumnMapping | None = None,
-                      indices: Sequence[int] | None = None, turn: str = "last", map_batch: bool = False) -> list[Example]:
+                      indices: Sequence[int] | None = None, turn: str = "last",
+                      map_batch: bool = False) -> list[Example]:
     """Read a ``Dataset.map(batched=True)`` batch (column -> list) as examples, in row order.
 
     ``indices`` are the rows' numbers in the dataset; ``map_batch`` says the batch is one of ``Dataset.map``'s,
@@ -254,5 +257,5 @@ def batch_to_examples(batch: Mapping[str, list], mapping: ColumnMapping | None =
     fmt = detect_format(list(batch.keys()), mapping)
     n = len(next(iter(batch.values()))) if batch else 0
     keys = list(batch.keys())
-    names = row_names(n, indices, batch.get("row_id"), map_batch)
+    names = _row_names(n, indices, batch.get("row_id"), map_batch)
     return [to_example({k: batch[k][i] for k in keys}, fmt, mapping, names[i], turn) for i in range(n)]

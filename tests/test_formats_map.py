@@ -51,13 +51,15 @@ def tool_rows():
 def part_rows():
     text = lambda t: {"type": "text", "text": t}  # noqa: E731
     return [
-        [{"role": "user", "content": [text("Weather in"), text("Paris?")]}, {"role": "Model", "content": [text("Sunny.")]}],
+        [{"role": "user", "content": [text("Weather in"), text("Paris?")]},
+         {"role": "Model", "content": [text("Sunny.")]}],
         [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "paris.png"}}]},
          {"role": "assistant", "content": [text("Sunny.")]}],
     ]
 
 
-TOOL_NOTES = [None, None, None, "NaN: the response (turn 1) is a tool call with no text", "NaN: turn 1 has the role 'agent'"]
+TOOL_NOTES = [None, None, None, "NaN: the response (turn 1) is a tool call with no text",
+              "NaN: turn 1 has the role 'agent'"]
 PART_NOTES = [None, "NaN: turn 0 (user): messages[0].content has a 'image_url' part, which a text model cannot read"]
 
 
