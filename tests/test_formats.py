@@ -162,3 +162,18 @@ def test_rows_are_named_by_dataset_row_row_id_or_as_a_batch_position():
     # A map batch without indices: the position is said to be the batch's, with how to get the row.
     with pytest.raises(FormatError, match=r"^row 1 of this batch \(.*with_indices=True\), column 'output'"):
         batch_to_examples(batch, map_batch=True)
+
+
+def test_chat_template_gets_the_tool_calls():
+    """``template="chat"`` hands the calls to a template that knows them; ``plain`` renders an empty turn."""
+    from hf_prospector.encoding import render_context
+    from tests.tiny import build_tiny_tokenizer
+
+    tok = build_tiny_tokenizer()
+    tok.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}"
+                         "{% for c in m.get('tool_calls') or [] %}[call {{ c['function']['name'] }}]{% endfor %}"
+                         "{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}")
+    ex = batch_to_examples({"messages": [TOOL_CHAT]})[0]
+    chat = "<user>Weather in Paris?<assistant>[call weather]<tool>18 C, sunny<assistant>"
+    assert render_context(ex, "chat", tok) == chat
+    assert render_context(ex, "plain") == "Weather in Paris?\n\n18 C, sunny\n"
