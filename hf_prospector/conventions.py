@@ -135,7 +135,7 @@ class SuperfilteringEncoder(ScriptEncoder):
     def encode(self, example: Example) -> EncodedRow:
         output = example.response
         if output == "":
-            return unscorable("NaN: empty response")
+            return unscorable(example.nan_note())
         prompt = render_context(example, "plain")
         n_prompt = len(self.tokens(prompt, self.max_length))
         cond, start, cut = self.response_span(prompt + output, output, self.max_length)
@@ -170,7 +170,7 @@ class CherryEncoder(ScriptEncoder):
     def encode(self, example: Example) -> EncodedRow:
         output = example.response
         if output == "":
-            return unscorable("NaN: empty response")
+            return unscorable(example.nan_note())
         # Cherry's PROMPT_DICT is the Stanford Alpaca prompt without the newline after "### Response:".
         prompt = render_context(example, "alpaca").removesuffix("\n")
         n_prompt = len(self.tokens(prompt, self.max_length))

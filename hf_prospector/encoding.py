@@ -112,7 +112,7 @@ class PairEncoder:
         scorable = [k for k, e in enumerate(examples) if e.response.strip()]
         responses = self.ids_many([examples[k].response for k in scorable])
         contexts = self.ids_many([render_context(examples[k], self.template, self.tokenizer) for k in scorable])
-        out = [EncodedRow(None, 0, None, 0, 0, "NaN: empty response") for _ in examples]
+        out = [EncodedRow(None, 0, None, 0, 0, e.nan_note()) for e in examples]
         for k, context, response in zip(scorable, contexts, responses):
             out[k] = self.encode_ids(context, response)
         return out

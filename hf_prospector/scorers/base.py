@@ -116,10 +116,14 @@ class Scorer:
 
     # -- Dataset.map --------------------------------------------------------------------------------
     def __call__(self, batch: dict[str, list], *extra) -> dict:
-        """``datasets`` passes ``(batch)``, ``(batch, rank)``, ``(batch, indices)`` or ``(batch, indices, rank)``."""
-        indices = next((e for e in extra if isinstance(e, list)), None) or batch.get("row_id")
+        """``datasets`` passes ``(batch)``, ``(batch, rank)``, ``(batch, indices)`` or ``(batch, indices, rank)``.
+
+        Errors name a row by its dataset index (only ``with_indices=True`` passes them) or its ``row_id``;
+        with neither, by its place in this batch, said as such.
+        """
+        indices = next((e for e in extra if isinstance(e, list)), None)  # only with ds.map(with_indices=True)
         rank = next((e for e in extra if isinstance(e, int)), None)
-        examples = batch_to_examples(batch, self.mapping, indices, self.turn)
+        examples = batch_to_examples(batch, self.mapping, indices, self.turn, map_batch=True)
         scores = self.score_examples(examples, self.engine(rank))
         release_freed_memory()  # keeps a long run's memory flat (see the function)
         return scores

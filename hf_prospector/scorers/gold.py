@@ -104,6 +104,8 @@ class GoldEncoder:
     def candidate(self, ex: Example) -> tuple[list[int] | None, str]:
         """The one-shot prefix for a candidate, or None and the reason it cannot be scored."""
         if self.convention == "nuggets":
+            if ex.reason:  # the script scores an empty response, not a row it cannot read
+                return None, ex.nan_note()
             note = "empty response (scored, as the NUGGETS script does)" if not ex.response.strip() else ""
             ids = self.ids(nuggets_prompt(ex)[1], special=True)
             if self.window is not None and len(ids) + NUGGETS_TASK_TOKENS > self.window:

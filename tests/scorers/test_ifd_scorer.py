@@ -112,9 +112,9 @@ def test_bad_input_errors(tiny_model_dir):
     scorer = IFDScorer(str(tiny_model_dir))
     with pytest.raises(FormatError, match="columns found|columns"):
         datasets.Dataset.from_dict({"question": ["q"], "answer": ["a"]}).map(scorer, batched=True)
-    with pytest.raises(FormatError, match="row 1, column 'instruction'"):
+    with pytest.raises(FormatError, match=r"row 1 of this batch \(.*with_indices=True\), column 'instruction'"):
         scorer({"instruction": ["ok", 3.5], "output": ["a", "b"]})
-    with pytest.raises(FormatError, match="row 8, column 'output'"):  # row_id names the row when present
+    with pytest.raises(FormatError, match="row_id 8, column 'output'"):  # row_id names the row when present
         scorer({"instruction": ["ok", "ok"], "output": ["a", None], "row_id": [7, 8]})
 
 
