@@ -185,7 +185,7 @@ def load_causal_lm(name: str | None = None, revision: str | None = None):
     model = AutoModelForCausalLM.from_pretrained(path, revision=revision, config=config, dtype=torch.float32)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
-    except (OSError, ValueError, TypeError) as err:
+    except (OSError, ValueError, TypeError, ImportError) as err:  # older transformers try converters, then ImportError
         raise ModelLoadError(f"model {path!r} has no usable tokenizer ({_first_line(err)}); save one beside the "
                              "weights: tokenizer.save_pretrained(folder)") from err
     return model.eval(), tokenizer
