@@ -454,7 +454,7 @@ class _Run:
             raise RuntimeError(f"the parts in {self.work} do not cover rows 0..{total} exactly once "
                                f"(missing: {gaps[:5]}, overlapping: {overlaps[:5]}); re-run the same command "
                                "to score the missing rows")
-        blocks = [[a, b, _part_hash(path)] for a, b, path in parts]
+        blocks = [[a, b, _recorded_hash(pq.read_schema(path))] for a, b, path in parts]
         cache = self.work / "cache"
         if parts:
             ds = Dataset.from_parquet([str(p) for _, _, p in parts], features=_merged_features(parts),
@@ -567,14 +567,16 @@ def _part_problem(path: Path, a: int, b: int, current: dict[str, list] | None, p
     position, so the name alone says what it must be; an input's own ``row_id`` may have changed with it."""
     try:  # read whole: a truncated or damaged file fails here, whatever the error pyarrow finds
         table = pq.read_table(path)
-        recorded = json.loads((table.schema.metadata or {}).get(PART_METADATA, b"{}")).get("input_rows")
+        recorded = _recorded_hash(table.schema)
         ids = table.column(ROW_ID).to_pylist()
     except Exception as err:  # noqa: BLE001 -- any failure to read it makes the part corrupt
         return f"unreadable: {type(err).__name__}: {str(err)[:200]}"
     if table.num_rows != b - a:
         return f"{table.num_rows} rows where its name says {b - a}"
     same_input = current is not None and recorded == _rows_hash(current)
-    if ids != (list(range(a, b)) if positional else current[ROW_ID] if same_input else ids):
+    # Positional row_ids are known from the name; the input's own are comparable only while its rows are the same.
+    expected = list(range(a, b)) if positional else current[ROW_ID] if same_input else None
+    if expected is not None and ids != expected:
         return f"its row_ids are not those of the input's rows {a}..{b}"
     return None if same_input else _INPUT_CHANGED
 
@@ -597,10 +599,9 @@ def _json_value(value: Any) -> Any:
     return str(value)
 
 
-def _part_hash(path: Path) -> str | None:
-    """The input-rows hash a part records in its schema metadata."""
-    metadata = pq.read_schema(path).metadata or {}
-    return json.loads(metadata.get(PART_METADATA, b"{}")).get("input_rows")
+def _recorded_hash(schema) -> str | None:
+    """The input-rows hash a part's Arrow schema records in its metadata (None for parts of older versions)."""
+    return json.loads((schema.metadata or {}).get(PART_METADATA, b"{}")).get("input_rows")
 
 
 def _row_count(columns: dict[str, list]) -> int:
