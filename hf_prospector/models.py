@@ -22,6 +22,8 @@ import re
 import shutil
 from pathlib import Path
 
+from .sources import local_path
+
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_ENCODER = "all-minilm-l6-v2"
 
@@ -67,17 +69,17 @@ def _assembled_file(module: str, dist: str) -> Path:
 def resolve_model(name: str | None) -> str:
     """The path or Hub id behind a model name; embedded names map to GGUF files their packages provide.
 
-    A name that can only be a path (it starts with ``/``, ``.`` or ``~``, or ends in ``.gguf``) must exist:
-    it is never looked up on the Hub."""
+    A name that reads as a path (:func:`~hf_prospector.sources.local_path`: ``./``, ``/``, ``~``, a ``.gguf``
+    file, a first folder that exists here) must exist: it is never looked up on the Hub."""
     name = name or DEFAULT_MODEL
     if name in _EMBEDDED_MODELS:
         return str(_package_file(*_EMBEDDED_MODELS[name]))
     if name in _ASSEMBLED_MODELS:
         return str(_assembled_file(*_ASSEMBLED_MODELS[name]))
-    path = Path(name).expanduser()
-    if path.exists():
+    path = local_path(name, suffixes=(".gguf",))
+    if path is not None and path.exists():
         return str(path)
-    if name.startswith((".", "/", "~")) or name.endswith(".gguf") or name.count("/") > 1:
+    if path is not None or name.count("/") > 1 or name.startswith("."):  # a Hub id: one slash at most, no dot first
         raise ModelLoadError(f"model {name!r}: no such file or folder; give {_ACCEPTED}")
     return name
 

@@ -47,13 +47,14 @@ def is_connection_error(err: BaseException | None) -> bool:
     return False
 
 
-def local_path(source: str) -> Path | None:
-    """The path ``source`` names when it is to be read from disk (existing or not); None for a Hub id or URL."""
+def local_path(source: str, suffixes=tuple(_FILE_KINDS)) -> Path | None:
+    """The path ``source`` names when it is to be read from disk (existing or not); None for a Hub id or URL.
+    A name ending in one of ``suffixes`` (files of the kind expected: data files, or models' ``.gguf``) is a path."""
     if source in DEMO_FILES or source.startswith(("http://", "https://")):
         return None
     path = Path(source).expanduser()
     first = Path(source).parts[0] if Path(source).parts else ""
-    if (path.exists() or path.suffix in _FILE_KINDS or source.startswith(_PATH_STARTS)
+    if (path.exists() or path.suffix in suffixes or source.startswith(_PATH_STARTS)
             or (os.sep in source and first and Path(first).is_dir())):
         return path
     return None
