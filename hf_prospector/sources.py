@@ -12,6 +12,7 @@ import json
 import os
 from importlib import resources
 from pathlib import Path
+from typing import Iterator
 
 DEMO_FILES = {"demo": "data/demo_alpaca.jsonl", "demo-chat": "data/demo_chat.jsonl"}
 _FILE_KINDS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -34,17 +35,21 @@ def hub_unreachable(action: str, url: str | None = None) -> HubUnreachableError:
     return HubUnreachableError(f"cannot {action}: {where} was not reached; {mode}")
 
 
-def is_connection_error(err: BaseException | None) -> bool:
-    """Whether ``err`` or an exception chained to it is a failure to connect (refused, offline, DNS, timeout)."""
+def exception_chain(err: BaseException | None) -> Iterator[BaseException]:
+    """``err`` and the exceptions it was raised from or while handling, each once."""
     seen = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
-        # httpx(2)'s transport errors are not OSErrors; match them by their base class's name.
-        if isinstance(err, (ConnectionError, TimeoutError)) or any(
-                c.__name__ == "TransportError" for c in type(err).__mro__):
-            return True
+        yield err
         err = err.__cause__ or err.__context__
-    return False
+
+
+def is_connection_error(err: BaseException | None) -> bool:
+    """Whether ``err`` or an exception chained to it is a failure to connect (refused, offline, DNS, timeout)."""
+    # httpx(2)'s transport errors are not OSErrors; match them by their base class's name.
+    return any(isinstance(e, (ConnectionError, TimeoutError)) or any(c.__name__ == "TransportError"
+                                                                     for c in type(e).__mro__)
+               for e in exception_chain(err))
 
 
 def local_path(source: str, suffixes=tuple(_FILE_KINDS)) -> Path | None:

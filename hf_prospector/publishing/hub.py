@@ -27,7 +27,7 @@ from huggingface_hub.constants import DEFAULT_REVISION, REPOCARD_NAME
 from hf_prospector.publishing.card import (FIGURES_DIR, Publication, as_dataset_dict, commit_message,
                                            complete_provenance, default_revision, make_card, merge_card,
                                            require_rows)
-from hf_prospector.sources import hub_unreachable, is_connection_error
+from hf_prospector.sources import exception_chain, hub_unreachable, is_connection_error
 
 HUB_DATASET_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
@@ -46,13 +46,7 @@ def resolve_token(token: str | None = None) -> str:
 
 def _mentions(err: BaseException, secret: str) -> bool:
     """Whether ``err`` or any exception chained to it shows ``secret`` in its message."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        if secret in str(err) or secret in repr(err.args):
-            return True
-        err = err.__cause__ or err.__context__
-    return False
+    return any(secret in str(e) or secret in repr(e.args) for e in exception_chain(err))
 
 
 @contextmanager
