@@ -53,11 +53,15 @@ def pick_device(device: str | None, rank: int | None) -> str:
 
 
 class Scorer:
-    """Base class: subclasses set ``features`` (the score columns and their types) and ``columns`` (their names)
-    and implement :meth:`score_examples`."""
+    """Base class: subclasses set ``features`` (the score columns and their types) and implement
+    :meth:`score_examples`."""
 
     features: Features = Features()
-    columns: tuple[str, ...] = ()
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The names of the score columns."""
+        return tuple(self.features)
 
     def __init__(self, model: str | None = None, revision: str | None = None, dtype: str = "auto",
                  device: str | None = None, token_budget: int | None = None,

@@ -127,7 +127,6 @@ class GoldScorer(Scorer):
     """
 
     features = GOLD_FEATURES
-    columns = GOLD_COLUMNS
 
     def __init__(self, model: str | None = None, task_set=None, template: str | None = None,
                  convention: str = "exact", max_length: int = 1024, task_max_length: int = 256, **kwargs):

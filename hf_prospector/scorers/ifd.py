@@ -37,7 +37,6 @@ class IFDScorer(Scorer):
     """
 
     features = IFD_FEATURES
-    columns = IFD_COLUMNS
 
     def __init__(self, model: str | None = None, convention: str = "exact", template: str | None = None,
                  max_length: int | None = None, min_response_tokens: int | None = None, **kwargs):
