@@ -246,6 +246,11 @@ def _row_names(n: int, indices: Sequence[int] | None, row_ids: Sequence | None, 
     return [f"row {i}" for i in range(n)]
 
 
+def row_count(columns: Mapping[str, list]) -> int:
+    """Rows in a batch given as columns (column -> list)."""
+    return len(next(iter(columns.values()))) if columns else 0
+
+
 def batch_to_examples(batch: Mapping[str, list], mapping: ColumnMapping | None = None,
                       indices: Sequence[int] | None = None, turn: str = "last",
                       map_batch: bool = False) -> list[Example]:
@@ -255,7 +260,7 @@ def batch_to_examples(batch: Mapping[str, list], mapping: ColumnMapping | None =
     so without ``indices`` (or a ``row_id`` column) positions in it are not the dataset's rows.
     """
     fmt = detect_format(list(batch.keys()), mapping)
-    n = len(next(iter(batch.values()))) if batch else 0
+    n = row_count(batch)
     keys = list(batch.keys())
     names = _row_names(n, indices, batch.get("row_id"), map_batch)
     return [to_example({k: batch[k][i] for k in keys}, fmt, mapping, names[i], turn) for i in range(n)]

@@ -52,6 +52,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from datasets import Dataset, Features, IterableDataset, Value, concatenate_datasets, load_from_disk
 
+from .formats import row_count
 from .sources import load_rows, save_rows
 
 ROW_ID = "row_id"
@@ -324,14 +325,14 @@ class _Run:
         batches = self.source.iter(batch_size=self.part_rows)
         held, held_start = {}, 0  # the stream's rows from held_start on, as columns
         for a, b in ranges:
-            while held_start + _row_count(held) < b:
+            while held_start + row_count(held) < b:
                 batch = next(batches, None)
                 if batch is None:
                     break
                 held = {k: held.get(k, []) + v for k, v in batch.items()}
-                cut = min(max(a - held_start, 0), _row_count(held))  # rows before this range are not needed
+                cut = min(max(a - held_start, 0), row_count(held))  # rows before this range are not needed
                 held, held_start = {k: v[cut:] for k, v in held.items()}, held_start + cut
-            if held_start + _row_count(held) < b:
+            if held_start + row_count(held) < b:
                 yield a, b, None
             else:
                 yield a, b, self._prepared({k: v[a - held_start: b - held_start] for k, v in held.items()}, a)
@@ -371,7 +372,7 @@ class _Run:
             return
         start = 0
         for index, rows in enumerate(self.source.iter(batch_size=self.part_rows)):
-            size = _row_count(rows)
+            size = row_count(rows)
             if index % self.world == self.rank:
                 yield start, start + size, lambda rows=rows, start=start: self._prepared(rows, start)
             start += size
@@ -383,7 +384,7 @@ class _Run:
         rows = {k: v for k, v in rows.items() if k not in self.scorer.columns}
         if ROW_ID in rows:
             return rows
-        return {ROW_ID: list(range(start, start + _row_count(rows))), **rows}
+        return {ROW_ID: list(range(start, start + row_count(rows))), **rows}
 
     def _features(self) -> Features | None:
         """The features of :meth:`_prepared` rows (None for a stream that does not declare its own)."""
@@ -602,10 +603,6 @@ def _json_value(value: Any) -> Any:
 def _recorded_hash(schema) -> str | None:
     """The input-rows hash a part's Arrow schema records in its metadata (None for parts of older versions)."""
     return json.loads((schema.metadata or {}).get(PART_METADATA, b"{}")).get("input_rows")
-
-
-def _row_count(columns: dict[str, list]) -> int:
-    return len(next(iter(columns.values()))) if columns else 0
 
 
 def _describe_output(path: Path) -> str:
