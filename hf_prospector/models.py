@@ -41,8 +41,9 @@ class MissingModelError(ModelLoadError):
     """An embedded model whose package is not installed; the message gives the install command."""
 
 
-# Files beside a model's weights that never change its scores (docs, licences, git and editor state).
-_NOT_MODEL = re.compile(r"(^\.|\.md$|\.txt$|^LICEN[CS]E)", re.IGNORECASE)
+# Files beside a model's weights that never change its scores (docs, licences, git and editor state). Other text
+# files may: GPT-2's merges.txt and BERT's vocab.txt are the tokenizer.
+_NOT_MODEL = re.compile(r"(^\.|\.md$|^README|^LICEN[CS]E|^NOTICE)", re.IGNORECASE)
 _ACCEPTED = ("an embedded name (smollm2-135m, gemma3-270m), a .gguf file, a local model folder or a Hub id")
 
 
@@ -93,7 +94,7 @@ def model_fingerprint(name: str | None, revision: str | None = None) -> str | No
     path = Path(resolve_model(name))
     if path.exists():
         files = [path] if path.is_file() else sorted(
-            f for f in path.rglob("*") if f.is_file() and not any(_NOT_MODEL.search(p) for p in f.relative_to(path).parts))
+            f for f in path.rglob("*") if not any(_NOT_MODEL.search(p) for p in f.relative_to(path).parts) and f.is_file())
         digest = hashlib.sha256()
         for f in files:
             stat = f.stat()

@@ -99,6 +99,9 @@ def test_fingerprint_follows_the_files_not_their_path_or_docs(tiny_model_dir, tm
     assert model_fingerprint(str(copy)) == first
     (copy / "README.md").write_text("notes")
     assert model_fingerprint(str(copy)) == first
+    (copy / "merges.txt").write_text("#version: 0.2\nh e\n")  # a tokenizer file: it changes the scores
+    assert model_fingerprint(str(copy)) != first
+    (copy / "merges.txt").unlink()
     weights = copy / "model.safetensors"
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 1))
     assert model_fingerprint(str(copy)) != first
