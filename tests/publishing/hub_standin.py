@@ -275,7 +275,8 @@ def _make_handler(hub: HubStandIn):
                         self._reply(409, {"error": message, "url": f"{hub.endpoint}/datasets/{repo_id}"},
                                     {"X-Error-Code": "Conflict", "X-Error-Message": message})
                         return True
-                    hub.create_repo(repo_id, private=payload.get("visibility") == "private")
+                    # huggingface_hub >= 1.0 sends visibility; earlier releases send private, which the Hub takes too
+                    hub.create_repo(repo_id, private=payload.get("visibility") == "private" or payload.get("private") is True)
                 self._reply(200, {"url": f"{hub.endpoint}/datasets/{repo_id}", "name": repo_id})
                 return True
             if method == "POST" and seg == ["api", "validate-yaml"]:
