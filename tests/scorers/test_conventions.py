@@ -222,6 +222,9 @@ def test_smollm2_equals_script_reference(convention, max_length, smollm2, real):
     assert_matches_reference(scored, model, tokenizer, convention, length)
     assert scored[-3]["ifd_note"] == "NaN: empty response"
     assert sum(math.isfinite(v) for v in scored["ifd"]) >= 3  # not a comparison of NaNs
-    if max_length == 96:  # SmolLM2's "### Response:" is 3 tokens, so Cherry's +4 budget skips cut rows
-        expected = "response cut to" if convention == "superfiltering" else "plus unconditioned response"
+    if max_length == 96:
+        # Cherry's +4 budget skips cut rows where "### Response:" encodes to under 4 tokens (SmolLM2: 3, or 4 with
+        # the BOS that transformers < 5 adds to GGUF tokenizers); otherwise it keeps them, cut.
+        header = len(tokenizer.encode("### Response:"))
+        expected = "response cut to" if convention == "superfiltering" or header >= 4 else "plus unconditioned response"
         assert any(expected in note for note in scored["ifd_note"])
