@@ -1,6 +1,6 @@
 import pytest
 
-from hf_prospector.encoding import ALPACA_PROMPT, PairEncoder, render_context
+from hf_prospector.encoders import ALPACA_PROMPT, PairEncoder, render_context
 from hf_prospector.formats import batch_to_examples
 from tests.tiny import build_tiny_tokenizer
 

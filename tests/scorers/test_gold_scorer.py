@@ -70,7 +70,7 @@ def test_zero_shot_computed_once_per_task_set(tiny_model_dir, cache):
     passes = engine.forward_passes
     scorer({k: v[:1] for k, v in CANDIDATES.items()})
     # One more candidate: one prefix pass plus the batched task passes, no zero-shot pass.
-    task_lengths = [len(t.ids) for t in scorer._encoded_tasks(scorer._encoder(engine))]
+    task_lengths = [len(t.ids) for t in scorer.tasks(engine).tasks]
     assert engine.forward_passes - passes == 1 + len(plan_batches(task_lengths, engine.token_budget))
     again = GoldScorer(str(tiny_model_dir), task_set=tasks, dtype="float32")  # a new run: read from disk
     again({k: v[:1] for k, v in CANDIDATES.items()})
@@ -144,9 +144,8 @@ def test_real_model_candidate_identical_to_task_wins_that_task(cache):
     same = {k: [v[2]] for k, v in TASKS.items()}  # the French translation task itself, as a candidate
     row = scorer(same)
     engine = scorer.engine()
-    encoder = scorer._encoder(engine)
-    tasks = scorer._encoded_tasks(encoder)
-    zero_sums, _ = scorer.zero_shot(engine, tasks)
+    encoder = scorer.encoder(engine)
+    tasks, zero_sums = scorer.tasks(engine).tasks, scorer.tasks(engine).zero_sums
     prefix, _ = encoder.candidate(batch_to_examples(same)[0])
     one = engine.prefixed_logprobs(prefix, [Request(tasks[2].ids, tasks[2].start)])[0].sum()
     assert one > zero_sums[2] + 1.0  # the answer became clearly more likely: a win on that task

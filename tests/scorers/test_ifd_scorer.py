@@ -88,7 +88,7 @@ def test_every_format_and_template(tiny_model_dir):
     for template in ("plain", "alpaca", "chat"):
         for name, ds in sets.items():
             cols = {"instruction": "q", "response": "a"} if name == "mapping" else None
-            row = ds.map(IFDScorer(str(tiny_model_dir), template=template, columns=cols, dtype="float32"),
+            row = ds.map(IFDScorer(str(tiny_model_dir), template=template, mapping=cols, dtype="float32"),
                          batched=True)[0]
             assert math.isfinite(row["ifd"]) and row["n_response_tokens"] > 0, (template, name)
     # ShareGPT and OpenAI messages carrying the same turns score the same under the chat template.
