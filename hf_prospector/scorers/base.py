@@ -94,7 +94,7 @@ class Scorer:
         resolve_compile(compile)  # a bad value fails here, not in a worker
         self.compile = compile  # None: HF_PROSPECTOR_COMPILE or "auto", read where the engine starts
         self._engines: dict[str, Engine] = {}
-        self._per_engine: dict[tuple[str, int], tuple[Engine, Any]] = {}  # (what, id(engine)) -> (engine, it)
+        self._per_engine: dict[tuple[str, int], tuple[Engine, dict, Any]] = {}  # see per_engine
 
     # -- settings and pickling ---------------------------------------------------------------------
     def settings(self) -> dict[str, Any]:
@@ -129,11 +129,13 @@ class Scorer:
         return self._engines[device]
 
     def per_engine(self, engine: Engine, what: str, build: Callable[[], Any]) -> Any:
-        """``build()``, once per engine and ``what``, kept beside the engine (and, like it, never pickled)."""
+        """``build()``, once per engine and ``what``, kept beside the engine (and, like it, never pickled); a setting
+        changed since is built anew, never served stale."""
+        settings = self.settings()
         held = self._per_engine.get((what, id(engine)))
-        if held is None or held[0] is not engine:
-            held = self._per_engine[what, id(engine)] = (engine, build())
-        return held[1]
+        if held is None or held[0] is not engine or held[1] != settings:
+            held = self._per_engine[what, id(engine)] = (engine, settings, build())
+        return held[2]
 
     def encoder(self, engine: Engine):
         """The encoder for ``engine``'s tokenizer and context window under this scorer's settings, built once."""

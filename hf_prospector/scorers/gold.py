@@ -98,18 +98,25 @@ class GoldScorer(Scorer):
         self.template = template
         self.max_length = max_length
         self.task_max_length = task_max_length
-        self._task_source = task_set  # loaded on first need (task_rows)
+        self._task_source = task_set  # read on first need (_load_tasks)
         self._task_rows: dict[str, list] | None = None
+        self._task_set_hash: str | None = None
         self.zero_shot_runs = 0  # zero-shot passes actually computed (not served from a cache)
 
     # -- the task set, loaded on first need --------------------------------------------------------
-    @property
-    def task_rows(self) -> dict[str, list]:
-        """The task set's rows as plain columns (they pickle and hash by content), loaded on first use."""
+    def _load_tasks(self) -> None:
+        """Read the task set on first need (scoring, settings(), pickling): building the scorer reads no file."""
         if self._task_rows is None:
             tasks = load_task_set(self._task_source)
             self._task_rows = tasks[:]
+            self._task_set_hash = hashlib.sha256(json.dumps(self._task_rows, sort_keys=True, default=str)
+                                                 .encode()).hexdigest()[:16]
             self._task_source = None  # the rows stand for it from now on
+
+    @property
+    def task_rows(self) -> dict[str, list]:
+        """The task set's rows as plain columns (they pickle and hash by content)."""
+        self._load_tasks()
         return self._task_rows
 
     @property
@@ -119,7 +126,8 @@ class GoldScorer(Scorer):
     @property
     def task_set_hash(self) -> str:
         """The tasks' content hash (in :meth:`settings`, so in provenance)."""
-        return hashlib.sha256(json.dumps(self.task_rows, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        self._load_tasks()
+        return self._task_set_hash
 
     def settings(self):
         return {**super().settings(), "convention": self.convention, "template": self.template,
@@ -127,9 +135,9 @@ class GoldScorer(Scorer):
                 "task_set": self.task_set_hash, "n_tasks": self.n_tasks}
 
     def __getstate__(self):
+        self._load_tasks()  # the datasets fingerprint pickles the scorer: the tasks' content must be in it
         state = super().__getstate__()
-        # The datasets fingerprint pickles the scorer: the tasks' content must be in it, loaded if not yet.
-        state.update(_task_rows=self.task_rows, _task_source=None, zero_shot_runs=0)
+        state["zero_shot_runs"] = 0
         return state
 
     # -- encoded tasks and zero-shot, once per engine ------------------------------------------------

@@ -193,6 +193,10 @@ def test_encoder_built_once_over_map_batches_and_never_pickled(tiny_model_dir, a
     assert scorer.encoder(engine) is scorer.encoder(engine) and scorer.encoder(engine).tokenizer is engine.tokenizer
     copy = pickle.loads(pickle.dumps(scorer))
     assert copy._per_engine == {} and copy._engines == {}
+    scorer.template = "alpaca"  # a setting changed after use builds the encoder anew
+    changed = alpaca.map(scorer, batched=True, load_from_cache_file=False)
+    fresh = alpaca.map(IFDScorer(str(tiny_model_dir), template="alpaca", dtype="float32"), batched=True)
+    np.testing.assert_allclose(changed["ifd"], fresh["ifd"], rtol=1e-6)
 
 
 def test_mapping_keyword_and_the_deprecated_columns(tiny_model_dir):
