@@ -39,7 +39,7 @@ def score(scorer, ds, batch_size: int):
     previous = os.environ.get("HF_PROSPECTOR_CACHE")
     with tempfile.TemporaryDirectory() as folder:
         os.environ["HF_PROSPECTOR_CACHE"] = folder  # the model is loaded already: only zero-shot goes here
-        scorer._zero_shot.clear()  # and its in-memory copy
+        scorer._per_engine.clear()  # and its in-memory copy (with the encoded tasks)
         try:
             return ds.map(scorer, batched=True, batch_size=batch_size, load_from_cache_file=False,
                           keep_in_memory=True)

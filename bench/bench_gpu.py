@@ -78,7 +78,7 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from hf_prospector.conventions import make_encoder
+    from hf_prospector.encoders import make_encoder
     from hf_prospector.formats import batch_to_examples
     from hf_prospector.models import load_causal_lm
     from hf_prospector.scorers import IFDScorer
@@ -123,8 +123,9 @@ def main() -> None:
     examples = batch_to_examples(ds[:], turn="last")
     encoder_scorer = IFDScorer(model=folder)
     start = time.perf_counter()
-    make_encoder(encoder_scorer.convention, tokenizer, encoder_scorer.template, encoder_scorer.max_length,
-                 encoder_scorer.min_response_tokens).encode_many(examples)
+    make_encoder("ifd", encoder_scorer.convention, tokenizer, template=encoder_scorer.template,
+                 max_length=encoder_scorer.max_length,
+                 min_response_tokens=encoder_scorer.min_response_tokens).encode_many(examples)
     encode_seconds = time.perf_counter() - start
     rows.append(["tokenization alone (both passes of every row, one encode_many call)", f"{encode_seconds:.1f}",
                  "", "", "", ""])

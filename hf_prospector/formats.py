@@ -105,7 +105,7 @@ def detect_format(column_names: Sequence[str], mapping: ColumnMapping | None = N
     raise FormatError(
         f"cannot tell the row format from the columns {sorted(cols)}. Accepted: Alpaca (instruction, "
         "[input], output), ShareGPT (conversations: [{from, value}]), OpenAI messages (messages: "
-        "[{role, content}]), or pass columns=ColumnMapping(instruction=..., response=..., input=...)."
+        "[{role, content}]), or pass mapping=ColumnMapping(instruction=..., response=..., input=...)."
     )
 
 

@@ -80,7 +80,8 @@ class ScoreSpec:
 
     def scorer_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for the scorer: the settings given, without the scorer's name."""
-        given = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("scorer", "refine_task_set")}
+        given = {"mapping" if f.name == "columns" else f.name: getattr(self, f.name)
+                 for f in fields(self) if f.name not in ("scorer", "refine_task_set")}
         return {k: v for k, v in given.items() if v is not None}
 
 

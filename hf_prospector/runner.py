@@ -381,7 +381,7 @@ class _Run:
     def _prepared(self, rows: dict[str, list], start: int) -> dict[str, list]:
         """The input columns the output keeps (score columns are replaced, as ``Dataset.map`` does), with
         ``row_id`` (the row position unless the input has its own) first."""
-        rows = {k: v for k, v in rows.items() if k not in self.scorer.columns}
+        rows = {k: v for k, v in rows.items() if k not in self.scorer.score_columns}
         if ROW_ID in rows:
             return rows
         return {ROW_ID: list(range(start, start + row_count(rows))), **rows}
@@ -391,7 +391,7 @@ class _Run:
         features = self.source.features
         if features is None:
             return None
-        kept = {k: f for k, f in features.items() if k not in self.scorer.columns}
+        kept = {k: f for k, f in features.items() if k not in self.scorer.score_columns}
         return Features(kept if ROW_ID in kept else {ROW_ID: Value("int64"), **kept})
 
     def _score_range(self, rows: dict[str, list], block_start: int, a: int, b: int, bar) -> None:
@@ -441,7 +441,7 @@ class _Run:
         if not self.state.is_main_process:
             return None, None
         ds = self._load_output() if already_done else self._gather(total)
-        nan_rows, reasons = nan_summary(ds, self.scorer.columns)
+        nan_rows, reasons = nan_summary(ds, self.scorer.score_columns)
         summary = RunSummary(str(self.output), len(ds), sum(counts), len(ds) - sum(counts),
                              time.monotonic() - start, self.world, counts, nan_rows, reasons,
                              self.rows_input_changed, self.corrupt_parts)

@@ -166,7 +166,7 @@ def test_rows_are_named_by_dataset_row_row_id_or_as_a_batch_position():
 
 def test_chat_template_gets_the_tool_calls():
     """``template="chat"`` hands the calls to a template that knows them; ``plain`` renders an empty turn."""
-    from hf_prospector.encoding import render_context
+    from hf_prospector.encoders import render_context
     from tests.tiny import build_tiny_tokenizer
 
     tok = build_tiny_tokenizer()

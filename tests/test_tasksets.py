@@ -69,7 +69,7 @@ def test_a_task_with_an_empty_answer_is_named_before_any_model_loads(tmp_path, t
 
     tasks.to_json(str(tmp_path / "tasks.jsonl"))
     with pytest.raises(ValueError, match=rf"the task set {tmp_path / 'tasks.jsonl'}: tasks 1, 3"):
-        GoldScorer(model=str(tiny_model_dir), task_set=str(tmp_path / "tasks.jsonl"))
+        GoldScorer(model=str(tiny_model_dir), task_set=str(tmp_path / "tasks.jsonl")).settings()  # loads the set
     assert len(load_task_set(tasks, require_answers=False)) == 4  # refining may start from such a set
 
 

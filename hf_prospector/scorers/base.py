@@ -7,7 +7,8 @@ A scorer is a callable for ``ds.map(scorer, batched=True)`` (add ``with_rank=Tru
 
 from __future__ import annotations
 
-from typing import Any
+import warnings
+from typing import Any, Callable
 
 import torch
 from datasets import Dataset, Features, IterableDataset
@@ -59,13 +60,20 @@ class Scorer:
     features: Features = Features()
 
     @property
-    def columns(self) -> tuple[str, ...]:
+    def score_columns(self) -> tuple[str, ...]:
         """The names of the score columns."""
         return tuple(self.features)
 
-    def __init__(self, model: str | None = None, revision: str | None = None, dtype: str = "auto",
+    def __init__(self, model: str | None = None, *, revision: str | None = None, dtype: str = "auto",
                  device: str | None = None, token_budget: int | None = None,
-                 columns: ColumnMapping | dict | None = None, turn: str = "last", compile: bool | str | None = None):
+                 mapping: ColumnMapping | dict | None = None, turn: str = "last", compile: bool | str | None = None,
+                 columns: ColumnMapping | dict | None = None):
+        """``mapping`` names the input columns (a :class:`ColumnMapping` or a dict); ``columns`` is its old name."""
+        if columns is not None:
+            if mapping is not None:
+                raise ValueError("give mapping= only: columns= is its old name")
+            warnings.warn("columns= is now mapping=", DeprecationWarning, stacklevel=3)
+            mapping = columns
         # Settings that cannot work fail here, not in a worker after the model has loaded.
         resolve_dtype(dtype, torch.device("cpu"))
         check_device(device)
@@ -79,25 +87,27 @@ class Scorer:
         self.dtype = dtype
         self.device = device
         self.token_budget = token_budget
-        self.mapping = ColumnMapping(**columns) if isinstance(columns, dict) else columns
+        self.mapping = ColumnMapping(**mapping) if isinstance(mapping, dict) else mapping
         if turn not in ("last", "first"):
             raise ValueError(f"turn must be 'last' or 'first', got {turn!r}")
         self.turn = turn
         resolve_compile(compile)  # a bad value fails here, not in a worker
         self.compile = compile  # None: HF_PROSPECTOR_COMPILE or "auto", read where the engine starts
         self._engines: dict[str, Engine] = {}
+        self._per_engine: dict[tuple[str, int], tuple[Engine, dict, Any]] = {}  # see per_engine
 
     # -- settings and pickling ---------------------------------------------------------------------
     def settings(self) -> dict[str, Any]:
         """Everything that changes the scores; recorded in provenance and hashed into the fingerprint."""
         return {"scorer": type(self).__name__, "model": self.model, "revision": self.revision,
                 "model_fingerprint": self.model_fingerprint, "dtype": self.dtype,
-                "columns": None if self.mapping is None else vars(self.mapping), "turn": self.turn,
+                "mapping": None if self.mapping is None else vars(self.mapping), "turn": self.turn,
                 "library_version": __version__}
 
     def __getstate__(self):
         state = dict(self.__dict__)
         state["_engines"] = {}  # weights never travel; each process loads its own lazily
+        state["_per_engine"] = {}  # nor what was built for them
         return state
 
     def __repr__(self) -> str:
@@ -117,6 +127,22 @@ class Scorer:
             model, tokenizer = load_causal_lm(self.model, self.revision)
             self._engines[device] = Engine(model, tokenizer, device, self.dtype, self.token_budget, self.compile)
         return self._engines[device]
+
+    def per_engine(self, engine: Engine, what: str, build: Callable[[], Any]) -> Any:
+        """``build()``, once per engine and ``what``, kept beside the engine (and, like it, never pickled); a setting
+        changed since is built anew, never served stale."""
+        settings = self.settings()
+        held = self._per_engine.get((what, id(engine)))
+        if held is None or held[0] is not engine or held[1] != settings:
+            held = self._per_engine[what, id(engine)] = (engine, settings, build())
+        return held[2]
+
+    def encoder(self, engine: Engine):
+        """The encoder for ``engine``'s tokenizer and context window under this scorer's settings, built once."""
+        return self.per_engine(engine, "encoder", lambda: self.build_encoder(engine))
+
+    def build_encoder(self, engine: Engine):
+        raise NotImplementedError
 
     # -- Dataset.map --------------------------------------------------------------------------------
     def __call__(self, batch: dict[str, list], *extra) -> dict:

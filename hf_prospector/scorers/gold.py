@@ -6,18 +6,12 @@ prepended as a one-shot example and without it (zero-shot). Zero-shot runs once 
 settings) and is cached in memory and on disk; the candidate is encoded once and its key/value cache
 reused for every task (tasks batched), with log-probabilities only at answer positions.
 
-Conventions:
+Conventions (how candidates and tasks are tokenized): ``exact`` (default) and ``nuggets``, NUGGETS' own
+``instruction_main.py``; see :mod:`hf_prospector.encoders.gold`.
 
-* ``exact`` (default): the candidate is ``BOS + context + response + "\\n\\n"`` under the template
-  (``plain`` or ``alpaca``); each task is ``context + answer``, tokenized in parts as in
-  :mod:`hf_prospector.encoding`, and the zero-shot pass puts BOS in front of the task. The task's ids are
-  identical in both passes. Budgets: tasks ``task_max_length`` (default 256) tokens, candidates the rest
-  of ``max_length``; longer ones are truncated as in :mod:`hf_prospector.encoding`, with a note.
-* ``nuggets``: NUGGETS' ``instruction_main.py``: fields stripped, ``Instruction:\\n{instruction}\\n
-  [Input:\\n{input}\\n]Response:\\n{output}``; the candidate tokenized with the tokenizer's special tokens and
-  not truncated, tasks without special tokens and cut at 200 tokens (a task whose prompt fills those 200
-  tokens scores 0 in both passes, a loss for every candidate, as in the script). An empty candidate
-  response is scored, as the script does.
+The task set loads on first need (scoring, :meth:`GoldScorer.settings`, pickling), so building a scorer
+checks its settings alone. Per engine, the tasks are encoded once and their zero-shot results computed
+once, together (:class:`GoldTasks`).
 """
 
 from __future__ import annotations
@@ -31,91 +25,37 @@ import numpy as np
 from datasets import Features, Value
 
 from ..checks import require_int
-from ..encoding import PairEncoder
+from ..encoders import EncodedTask, GoldEncoder, conventions, encoder_class, make_encoder
+from ..encoders.gold import GOLD_TEMPLATES
 from ..engine import Engine, Request
-from ..formats import Example, batch_to_examples
+from ..formats import batch_to_examples
 from ..models import cache_dir
+from ..sources import local_path
 from ..tasksets import load_task_set
 from .base import Scorer, within_window
 
 GOLD_FEATURES = Features({"gold_score": Value("float64"), "gold_delta": Value("float64"), "gold_wins": Value("int64"),
                           "n_tasks": Value("int64"), "gold_note": Value("string")})
 GOLD_COLUMNS = tuple(GOLD_FEATURES)
-GOLD_CONVENTIONS = ("exact", "nuggets")
-NUGGETS_TASK_TOKENS = 200
-_SEPARATOR = "\n\n"
+GOLD_CONVENTIONS = conventions("gold")
 
 
 @dataclass
-class EncodedTask:
-    """A task's ids (no BOS), where its answer starts, and the zero-shot prefix to put before it."""
+class GoldTasks:
+    """The task set as one engine scores it, built once: the encoded tasks and their zero-shot results."""
 
-    ids: list[int]
-    start: int
-    zero_prefix: list[int]
-    note: str = ""
+    tasks: list[EncodedTask]
+    zero_sums: np.ndarray  # per task: sum of the answer's log-probs without a candidate
+    zero_means: np.ndarray  # per task: mean answer loss without a candidate
 
+    @property
+    def scorable(self) -> list[int]:
+        """Tasks with at least one answer token (NUGGETS' cut can leave none)."""
+        return [k for k, t in enumerate(self.tasks) if t.start < len(t.ids)]
 
-def nuggets_prompt(ex: Example) -> tuple[str, str]:
-    """NUGGETS' ``sp`` prompt: (query, query + output), fields stripped."""
-    instruction, input_ = ex.instruction.strip(), ex.input.strip()
-    if ex.messages and not instruction:
-        instruction = ex.messages[-1]["content"].strip()
-    query = f"Instruction:\n{instruction}\n" + (f"Input:\n{input_}\n" if input_ else "") + "Response:\n"
-    return query, query + ex.response.strip()
-
-
-class GoldEncoder:
-    """Token ids of candidates and tasks under one convention, template and budget."""
-
-    def __init__(self, tokenizer, convention: str, template: str, max_length: int, task_max_length: int,
-                 budget: str | None = None, window: int | None = None):
-        self.tokenizer = tokenizer
-        self.window = window  # the model's context window: NUGGETS' uncut candidates must still fit in it
-        self.convention = convention
-        self.task_max_length = task_max_length
-        self.separator = self.ids(_SEPARATOR)
-        budget = budget or f"max_length={max_length}"
-        if max_length - task_max_length - len(self.separator) < 2:
-            raise ValueError(f"{budget} leaves no room for a candidate beside task_max_length={task_max_length}; "
-                             "lower task_max_length")
-        self.pairs = PairEncoder(tokenizer, template, task_max_length, min_response_tokens=16)
-        self.candidates = PairEncoder(tokenizer, template, max_length - task_max_length - len(self.separator),
-                                      min_response_tokens=16,
-                                      budget=f"{budget} less task_max_length={task_max_length}")
-        self.bos = self.pairs.cond_prefix
-
-    def ids(self, text: str, special: bool = False) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=special)["input_ids"])
-
-    def task(self, ex: Example) -> EncodedTask:
-        if self.convention == "nuggets":
-            query, full = nuggets_prompt(ex)
-            ids = self.ids(full)
-            start = len(self.ids(query))
-            note = f"task cut to {NUGGETS_TASK_TOKENS} of {len(ids)} tokens" if len(ids) > NUGGETS_TASK_TOKENS else ""
-            return EncodedTask(ids[:NUGGETS_TASK_TOKENS], min(start, NUGGETS_TASK_TOKENS), [], note)
-        enc = self.pairs.encode(ex)
-        if enc.cond is None:
-            raise ValueError(f"task cannot be scored: {enc.note}")
-        p = len(self.bos)
-        return EncodedTask(enc.cond[p:], enc.cond_start - p, self.bos, enc.note)
-
-    def candidate(self, ex: Example) -> tuple[list[int] | None, str]:
-        """The one-shot prefix for a candidate, or None and the reason it cannot be scored."""
-        if self.convention == "nuggets":
-            if ex.reason:  # the script scores an empty response, not a row it cannot read
-                return None, ex.nan_note()
-            note = "empty response (scored, as the NUGGETS script does)" if not ex.response.strip() else ""
-            ids = self.ids(nuggets_prompt(ex)[1], special=True)
-            if self.window is not None and len(ids) + NUGGETS_TASK_TOKENS > self.window:
-                return None, (f"NaN: the candidate's {len(ids)} tokens and a {NUGGETS_TASK_TOKENS}-token task exceed "
-                              f"the model's context window of {self.window} tokens")
-            return ids, note
-        enc = self.candidates.encode(ex)  # BOS + context + response, exactly tokenized, within budget
-        if enc.cond is None:
-            return None, enc.note
-        return enc.cond + self.separator, f"candidate: {enc.note}" if enc.note else ""
+    @property
+    def truncated(self) -> int:
+        return sum(1 for t in self.tasks if t.note)
 
 
 class GoldScorer(Scorer):
@@ -128,8 +68,10 @@ class GoldScorer(Scorer):
 
     features = GOLD_FEATURES
 
-    def __init__(self, model: str | None = None, task_set=None, template: str | None = None,
+    def __init__(self, model: str | None = None, *, task_set=None, template: str | None = None,
                  convention: str = "exact", max_length: int = 1024, task_max_length: int = 256, **kwargs):
+        """``task_set``: a file, a Dataset or a Hub id of tasks, loaded on first need (a missing local file fails
+        here)."""
         require_int("max_length", max_length, 4)
         require_int("task_max_length", task_max_length, 2)
         if task_max_length + 2 >= max_length:
@@ -137,26 +79,55 @@ class GoldScorer(Scorer):
                              f"max_length={max_length}: max_length must exceed task_max_length by more than the "
                              "separator and two tokens (e.g. max_length=1024, task_max_length=256)")
         super().__init__(model, **kwargs)
-        if convention not in GOLD_CONVENTIONS:
-            raise ValueError(f"unknown convention {convention!r}; choose one of {GOLD_CONVENTIONS}")
-        if convention == "nuggets" and template not in (None, "nuggets"):
-            raise ValueError(f"convention='nuggets' fixes NUGGETS' own prompt; it conflicts with template={template!r}")
-        template = template or ("nuggets" if convention == "nuggets" else "plain")
-        if convention == "exact" and template not in ("plain", "alpaca"):
-            raise ValueError(f"the golden score supports template 'plain' or 'alpaca', got {template!r}")
+        fixed = encoder_class("gold", convention).fixed_template
+        if fixed is not None and template not in (None, fixed):
+            raise ValueError(f"convention={convention!r} fixes its own prompt (template {fixed!r}); it conflicts with "
+                             f"template={template!r}")
+        template = template or fixed or "plain"
+        if fixed is None and template not in GOLD_TEMPLATES:
+            raise ValueError(f"the golden score supports template {' or '.join(map(repr, GOLD_TEMPLATES))}, "
+                             f"got {template!r}")
         if task_set is None:
             raise ValueError("GoldScorer needs task_set=: a file, a Dataset or a Hub id of tasks "
                              "(e.g. the NUGGETS set task_set_kmeans_100.json, or refine_task_set(...))")
-        tasks = load_task_set(task_set)
-        self.task_rows = tasks[:]  # plain columns: pickles and hashes by content
-        self.n_tasks = len(tasks)
-        self.task_set_hash = hashlib.sha256(json.dumps(self.task_rows, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        path = local_path(task_set) if isinstance(task_set, str) else None
+        if path is not None and not path.exists():
+            raise FileNotFoundError(f"the task set file {task_set} does not exist (read as a local path, not a Hub id); "
+                                    "check the path")
         self.convention = convention
         self.template = template
         self.max_length = max_length
         self.task_max_length = task_max_length
-        self._zero_shot: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._task_source = task_set  # read on first need (_load_tasks)
+        self._task_rows: dict[str, list] | None = None
+        self._task_set_hash: str | None = None
         self.zero_shot_runs = 0  # zero-shot passes actually computed (not served from a cache)
+
+    # -- the task set, loaded on first need --------------------------------------------------------
+    def _load_tasks(self) -> None:
+        """Read the task set on first need (scoring, settings(), pickling): building the scorer reads no file."""
+        if self._task_rows is None:
+            tasks = load_task_set(self._task_source)
+            self._task_rows = tasks[:]
+            self._task_set_hash = hashlib.sha256(json.dumps(self._task_rows, sort_keys=True, default=str)
+                                                 .encode()).hexdigest()[:16]
+            self._task_source = None  # the rows stand for it from now on
+
+    @property
+    def task_rows(self) -> dict[str, list]:
+        """The task set's rows as plain columns (they pickle and hash by content)."""
+        self._load_tasks()
+        return self._task_rows
+
+    @property
+    def n_tasks(self) -> int:
+        return len(next(iter(self.task_rows.values())))
+
+    @property
+    def task_set_hash(self) -> str:
+        """The tasks' content hash (in :meth:`settings`, so in provenance)."""
+        self._load_tasks()
+        return self._task_set_hash
 
     def settings(self):
         return {**super().settings(), "convention": self.convention, "template": self.template,
@@ -164,62 +135,58 @@ class GoldScorer(Scorer):
                 "task_set": self.task_set_hash, "n_tasks": self.n_tasks}
 
     def __getstate__(self):
+        self._load_tasks()  # the datasets fingerprint pickles the scorer: the tasks' content must be in it
         state = super().__getstate__()
-        state["_zero_shot"] = {}
         state["zero_shot_runs"] = 0
         return state
 
-    # -- zero-shot, cached -------------------------------------------------------------------------
-    def _encoder(self, engine: Engine) -> GoldEncoder:
+    # -- encoded tasks and zero-shot, once per engine ------------------------------------------------
+    def build_encoder(self, engine: Engine) -> GoldEncoder:
         max_length, budget = within_window(self.max_length, engine)
-        return GoldEncoder(engine.tokenizer, self.convention, "plain" if self.template == "nuggets" else self.template,
-                           max_length, self.task_max_length, budget, engine.context_window)
+        return make_encoder("gold", self.convention, engine.tokenizer, template=self.template, max_length=max_length,
+                            task_max_length=self.task_max_length, budget=budget, window=engine.context_window)
 
-    def _encoded_tasks(self, encoder: GoldEncoder) -> list[EncodedTask]:
-        return [encoder.task(ex) for ex in batch_to_examples(self.task_rows, turn=self.turn)]
+    def tasks(self, engine: Engine) -> GoldTasks:
+        """The task set encoded for ``engine`` and its zero-shot results, computed once per engine."""
+        return self.per_engine(engine, "tasks", lambda: self._zero_shot(engine))
 
-    def zero_shot(self, engine: Engine, tasks: list[EncodedTask]) -> tuple[np.ndarray, np.ndarray]:
-        """Per task: (sum of answer log-probs, mean answer loss), computed once per settings and tasks."""
+    def _zero_shot(self, engine: Engine) -> GoldTasks:
+        """Encode the tasks and score them zero-shot, or read those scores from the disk cache (keyed by the
+        weights, dtype, device type, convention and the tasks' ids)."""
+        encoder = self.encoder(engine)
+        tasks = [encoder.task(ex) for ex in batch_to_examples(self.task_rows, turn=self.turn)]
         key = hashlib.sha256(json.dumps([self.model, self.revision, self.model_fingerprint, str(engine.dtype),
                                          engine.device.type,
                                          self.convention, [(t.zero_prefix, t.ids, t.start) for t in tasks]])
                              .encode()).hexdigest()[:24]
-        if key in self._zero_shot:
-            return self._zero_shot[key]
         path = cache_dir() / "zero_shot" / f"{key}.npz"
         if path.exists():
             with np.load(path) as f:
-                self._zero_shot[key] = (f["sums"], f["means"])
-            return self._zero_shot[key]
-        scorable = [k for k, t in enumerate(tasks) if t.start < len(t.ids)]
+                return GoldTasks(tasks, f["sums"], f["means"])
+        gold = GoldTasks(tasks, np.zeros(len(tasks)), np.zeros(len(tasks)))
         lps = engine.logprobs([Request(tasks[k].zero_prefix + tasks[k].ids,
-                                       len(tasks[k].zero_prefix) + tasks[k].start) for k in scorable])
-        sums, means = np.zeros(len(tasks)), np.zeros(len(tasks))
-        for k, lp in zip(scorable, lps):
-            sums[k], means[k] = lp.sum(), -lp.mean()
+                                       len(tasks[k].zero_prefix) + tasks[k].start) for k in gold.scorable])
+        for k, lp in zip(gold.scorable, lps):
+            gold.zero_sums[k], gold.zero_means[k] = lp.sum(), -lp.mean()
         self.zero_shot_runs += 1
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{id(self)}.npz")
-        np.savez(tmp, sums=sums, means=means)
+        np.savez(tmp, sums=gold.zero_sums, means=gold.zero_means)
         tmp.replace(path)
-        self._zero_shot[key] = (sums, means)
-        return sums, means
+        return gold
 
     # -- one-shot ---------------------------------------------------------------------------------
     def score_examples(self, examples, engine: Engine) -> dict[str, list]:
-        encoder = self._encoder(engine)
-        tasks = self._encoded_tasks(encoder)
-        zero_sums, zero_means = self.zero_shot(engine, tasks)
-        scorable = [k for k, t in enumerate(tasks) if t.start < len(t.ids)]
-        task_notes = sum(1 for t in tasks if t.note)
-        out = {c: [None] * len(examples) for c in self.columns}
+        encoder, gold = self.encoder(engine), self.tasks(engine)
+        tasks, scorable = gold.tasks, gold.scorable
+        out = {c: [None] * len(examples) for c in self.score_columns}
         candidates = [encoder.candidate(ex) for ex in examples]
         # Longest first, as the engine does within a call: similar cache sizes run back to back.
         for i in sorted(range(len(examples)), key=lambda i: -len(candidates[i][0] or [])):
             prefix, note = candidates[i]
             notes = [note] if note else []
-            if task_notes:
-                notes.append(f"{task_notes} task(s) truncated to the task budget")
+            if gold.truncated:
+                notes.append(f"{gold.truncated} task(s) truncated to the task budget")
             if prefix is None:
                 row = (math.nan, math.nan, 0)
             else:
@@ -227,8 +194,8 @@ class GoldScorer(Scorer):
                 one_sums, one_means = np.zeros(len(tasks)), np.zeros(len(tasks))
                 for k, lp in zip(scorable, lps):
                     one_sums[k], one_means[k] = lp.sum(), -lp.mean()
-                wins = int(np.sum(one_sums > zero_sums))
-                row = (wins / len(tasks), float(np.mean(zero_means - one_means)), wins)
+                wins = int(np.sum(one_sums > gold.zero_sums))
+                row = (wins / len(tasks), float(np.mean(gold.zero_means - one_means)), wins)
             out["gold_score"][i], out["gold_delta"][i], out["gold_wins"][i] = row
             out["n_tasks"][i] = len(tasks)
             out["gold_note"][i] = "; ".join(notes)

@@ -6,7 +6,7 @@ High IFD (but below 1) marks a row whose response the instruction explains poorl
 informative row; IFD >= 1 means the instruction does not help at all (often a misaligned pair).
 
 ``convention=`` picks how rows are encoded: ``exact`` (the library's encoding, the default) or a paper's
-script (``superfiltering``, ``cherry``; see :mod:`hf_prospector.conventions`). The columns mean the same
+script (``superfiltering``, ``cherry``; see :mod:`hf_prospector.encoders.papers`). The columns mean the same
 under every convention; Superfiltering ranks by ``ifd``, Cherry LLM by ``ifd_loss``.
 """
 
@@ -18,7 +18,7 @@ import numpy as np
 from datasets import Features, Value
 
 from ..checks import require_int
-from ..conventions import make_encoder, resolve_settings
+from ..encoders import make_encoder, resolve_settings
 from ..engine import Engine, Request
 from .base import Scorer, within_window
 
@@ -38,7 +38,7 @@ class IFDScorer(Scorer):
 
     features = IFD_FEATURES
 
-    def __init__(self, model: str | None = None, convention: str = "exact", template: str | None = None,
+    def __init__(self, model: str | None = None, *, convention: str = "exact", template: str | None = None,
                  max_length: int | None = None, min_response_tokens: int | None = None, **kwargs):
         """``template``, ``max_length`` and ``min_response_tokens`` default to the convention's own (exact:
         ``plain``, 1024, 16; superfiltering: ``plain``, 1024; cherry: ``alpaca``, 512). A paper convention
@@ -56,22 +56,24 @@ class IFDScorer(Scorer):
         return {**super().settings(), "convention": self.convention, "template": self.template,
                 "max_length": self.max_length, "min_response_tokens": self.min_response_tokens}
 
-    def score_examples(self, examples, engine: Engine) -> dict[str, list]:
+    def build_encoder(self, engine: Engine):
         max_length, budget = within_window(self.max_length, engine)
-        encoder = make_encoder(self.convention, engine.tokenizer, self.template, max_length, self.min_response_tokens,
-                               budget)
-        encoded = encoder.encode_many(examples)
+        return make_encoder("ifd", self.convention, engine.tokenizer, template=self.template, max_length=max_length,
+                            min_response_tokens=self.min_response_tokens, budget=budget)
+
+    def score_examples(self, examples, engine: Engine) -> dict[str, list]:
+        encoded = self.encoder(engine).encode_many(examples)
         scorable = [k for k, e in enumerate(encoded) if e.cond is not None]
         requests = [Request(encoded[k].cond, encoded[k].cond_start) for k in scorable]
         requests += [Request(encoded[k].uncond, encoded[k].uncond_start) for k in scorable]
         logprobs = engine.logprobs(requests)
-        out = {c: [] for c in self.columns}
+        out = {c: [] for c in self.score_columns}
         losses = {k: (-float(np.mean(logprobs[j])), -float(np.mean(logprobs[j + len(scorable)])))
                   for j, k in enumerate(scorable)}
         for k, enc in enumerate(encoded):
             cond, uncond = losses.get(k, (math.nan, math.nan))
             row = ifd_row(cond, uncond, enc.n_response_tokens, enc.note)
-            for c in self.columns:
+            for c in self.score_columns:
                 out[c].append(row[c])
         return out
 

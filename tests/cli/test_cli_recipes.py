@@ -112,7 +112,7 @@ def test_defaults_and_scorer_settings():
     assert recipe.input.source == "demo" and recipe.run.output == "prospector_out/scored" and recipe.select == []
     assert recipe.run.part_seconds == 300.0
     assert recipe.score.scorer_kwargs() == {"model": "gpt2", "max_length": 512, "dtype": "auto",
-                                            "columns": {"instruction": "q", "response": "a"}, "turn": "last"}
+                                            "mapping": {"instruction": "q", "response": "a"}, "turn": "last"}
     assert parse_recipe({"score": {"scorer": "ifd"}, "run": {"part_seconds": 5}}).run.part_seconds == 5.0
 
 

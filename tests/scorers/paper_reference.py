@@ -1,6 +1,6 @@
 """The papers' IFD scripts, re-written straightforwardly: one row per forward pass, the model's own loss.
 
-Written from the scripts, not from the library, to check :mod:`hf_prospector.conventions` against
+Written from the scripts, not from the library, to check :mod:`hf_prospector.encoders.papers` against
 (tests) and to time it against (bench):
 
 * Superfiltering, tianyi-lab/Superfiltering ``code_ifd/data_analysis.py`` (two losses per row) and

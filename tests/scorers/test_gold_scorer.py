@@ -70,7 +70,7 @@ def test_zero_shot_computed_once_per_task_set(tiny_model_dir, cache):
     passes = engine.forward_passes
     scorer({k: v[:1] for k, v in CANDIDATES.items()})
     # One more candidate: one prefix pass plus the batched task passes, no zero-shot pass.
-    task_lengths = [len(t.ids) for t in scorer._encoded_tasks(scorer._encoder(engine))]
+    task_lengths = [len(t.ids) for t in scorer.tasks(engine).tasks]
     assert engine.forward_passes - passes == 1 + len(plan_batches(task_lengths, engine.token_budget))
     again = GoldScorer(str(tiny_model_dir), task_set=tasks, dtype="float32")  # a new run: read from disk
     again({k: v[:1] for k, v in CANDIDATES.items()})
@@ -144,10 +144,49 @@ def test_real_model_candidate_identical_to_task_wins_that_task(cache):
     same = {k: [v[2]] for k, v in TASKS.items()}  # the French translation task itself, as a candidate
     row = scorer(same)
     engine = scorer.engine()
-    encoder = scorer._encoder(engine)
-    tasks = scorer._encoded_tasks(encoder)
-    zero_sums, _ = scorer.zero_shot(engine, tasks)
+    encoder = scorer.encoder(engine)
+    tasks, zero_sums = scorer.tasks(engine).tasks, scorer.tasks(engine).zero_sums
     prefix, _ = encoder.candidate(batch_to_examples(same)[0])
     one = engine.prefixed_logprobs(prefix, [Request(tasks[2].ids, tasks[2].start)])[0].sum()
     assert one > zero_sums[2] + 1.0  # the answer became clearly more likely: a win on that task
     assert 0 <= row["gold_score"][0] <= 1 and row["gold_score"][0] == row["gold_wins"][0] / row["n_tasks"][0]
+
+
+def test_tasks_encoded_and_zero_shot_computed_once_over_map_batches(tiny_model_dir, cache, monkeypatch):
+    from hf_prospector.encoders import ExactGoldEncoder
+
+    encoded, built = [], []
+    encode_task, build = ExactGoldEncoder.task, GoldScorer.build_encoder
+    monkeypatch.setattr(ExactGoldEncoder, "task", lambda self, ex: encoded.append(ex) or encode_task(self, ex))
+    monkeypatch.setattr(GoldScorer, "build_encoder", lambda self, engine: built.append(engine) or build(self, engine))
+    tasks = datasets.Dataset.from_dict(TASKS)
+    scorer = GoldScorer(str(tiny_model_dir), task_set=tasks, dtype="float32")
+    datasets.Dataset.from_dict(CANDIDATES).map(scorer, batched=True, batch_size=1, load_from_cache_file=False)
+    assert len(encoded) == len(tasks) and len(built) == 1 and scorer.zero_shot_runs == 1  # three batches
+    gold = scorer.tasks(scorer.engine())
+    assert gold is scorer.tasks(scorer.engine()) and [t.ids for t in gold.tasks] == [
+        t.ids for t in map(scorer.encoder(scorer.engine()).task, batch_to_examples(TASKS))]
+    # The disk cache is keyed by what the zero-shot pass sees: another convention encodes the tasks otherwise.
+    nuggets = GoldScorer(str(tiny_model_dir), task_set=tasks, dtype="float32", convention="nuggets")
+    nuggets({k: v[:1] for k, v in CANDIDATES.items()})
+    assert nuggets.zero_shot_runs == 1 and len(list((cache / "zero_shot").glob("*.npz"))) == 2
+
+
+def test_task_set_loads_on_first_need_and_once(tiny_model_dir, cache, tmp_path, monkeypatch):
+    from datasets.fingerprint import Hasher
+
+    import hf_prospector.scorers.gold as gold
+
+    path = tmp_path / "tasks.jsonl"
+    datasets.Dataset.from_dict(TASKS).to_json(str(path))
+    loads = []
+    load = gold.load_task_set
+    monkeypatch.setattr(gold, "load_task_set", lambda source: loads.append(source) or load(source))
+    scorer = GoldScorer(str(tiny_model_dir), task_set=str(path), dtype="float32")
+    assert loads == []  # building the scorer checks its settings alone
+    assert scorer.settings()["n_tasks"] == 4 and loads == [str(path)]
+    Hasher.hash(scorer)
+    scorer({k: v[:1] for k, v in CANDIDATES.items()})
+    assert len(loads) == 1
+    with pytest.raises(FileNotFoundError, match=r"the task set file .*missing\.jsonl does not exist"):
+        GoldScorer(str(tiny_model_dir), task_set=str(tmp_path / "missing.jsonl"))

@@ -1,5 +1,6 @@
 import contextlib
 import math
+import pickle
 import subprocess
 import sys
 
@@ -88,7 +89,7 @@ def test_every_format_and_template(tiny_model_dir):
     for template in ("plain", "alpaca", "chat"):
         for name, ds in sets.items():
             cols = {"instruction": "q", "response": "a"} if name == "mapping" else None
-            row = ds.map(IFDScorer(str(tiny_model_dir), template=template, columns=cols, dtype="float32"),
+            row = ds.map(IFDScorer(str(tiny_model_dir), template=template, mapping=cols, dtype="float32"),
                          batched=True)[0]
             assert math.isfinite(row["ifd"]) and row["n_response_tokens"] > 0, (template, name)
     # ShareGPT and OpenAI messages carrying the same turns score the same under the chat template.
@@ -176,3 +177,47 @@ def test_a_forked_worker_without_cuda_is_told_to_spawn(tiny_model_dir, monkeypat
     scorer.device = "cuda"  # as built in a parent process that has a GPU
     with pytest.raises(RuntimeError, match="set_start_method\\('spawn'"):
         scorer.engine(rank=1)
+
+
+def test_encoder_built_once_over_map_batches_and_never_pickled(tiny_model_dir, alpaca, monkeypatch):
+    """The chat template's assistant header is derived once per engine, not once per map batch."""
+    import hf_prospector.encoders.exact as exact
+
+    headers = []
+    derive = exact.assistant_header
+    monkeypatch.setattr(exact, "assistant_header", lambda tok: headers.append(tok) or derive(tok))
+    scorer = IFDScorer(str(tiny_model_dir), template="chat", dtype="float32")
+    alpaca.map(scorer, batched=True, batch_size=2, load_from_cache_file=False)  # 5 rows: three batches
+    assert len(headers) == 1
+    engine = scorer.engine()
+    assert scorer.encoder(engine) is scorer.encoder(engine) and scorer.encoder(engine).tokenizer is engine.tokenizer
+    copy = pickle.loads(pickle.dumps(scorer))
+    assert copy._per_engine == {} and copy._engines == {}
+    scorer.template = "alpaca"  # a setting changed after use builds the encoder anew
+    changed = alpaca.map(scorer, batched=True, load_from_cache_file=False)
+    fresh = alpaca.map(IFDScorer(str(tiny_model_dir), template="alpaca", dtype="float32"), batched=True)
+    np.testing.assert_allclose(changed["ifd"], fresh["ifd"], rtol=1e-6)
+
+
+def test_mapping_keyword_and_the_deprecated_columns(tiny_model_dir):
+    rows = datasets.Dataset.from_dict({"q": ["Say hello."], "a": ["hello there"]})
+    layout = {"instruction": "q", "response": "a"}
+    scorer = IFDScorer(str(tiny_model_dir), mapping=layout, dtype="float32")
+    with pytest.warns(DeprecationWarning, match="columns= is now mapping=") as caught:
+        old = IFDScorer(str(tiny_model_dir), columns=layout, dtype="float32")
+    assert caught[0].filename == __file__  # the warning points at the caller's line
+    assert old.mapping == scorer.mapping and old.settings() == scorer.settings()
+    assert scorer.settings()["mapping"] == {"instruction": "q", "response": "a", "input": None}
+    assert rows.map(old, batched=True)["ifd"] == rows.map(scorer, batched=True)["ifd"]
+    with pytest.raises(ValueError, match="give mapping= only"):
+        IFDScorer(mapping=layout, columns=layout)
+    assert scorer.score_columns == IFD_COLUMNS and not hasattr(scorer, "columns")
+
+
+def test_options_are_keyword_only(tiny_model_dir):
+    from hf_prospector.scorers import GoldScorer
+
+    with pytest.raises(TypeError, match="positional"):
+        IFDScorer(str(tiny_model_dir), "cherry")
+    with pytest.raises(TypeError, match="positional"):
+        GoldScorer(str(tiny_model_dir), datasets.Dataset.from_dict(ROWS))

@@ -8,6 +8,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
+from datasets.fingerprint import Hasher
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_prospector.scorers import GoldScorer, IFDScorer
@@ -152,3 +153,22 @@ def test_score_equals_map_and_names_dataset_rows(tiny_model_dir):
     rows = datasets.Dataset.from_dict(ROWS)
     scorer = IFDScorer(str(tiny_model_dir), dtype="float32")
     np.testing.assert_allclose(scorer.score(rows, batch_size=1)["ifd"], rows.map(scorer, batched=True)["ifd"], rtol=1e-6)
+
+
+def test_a_changed_task_file_is_not_served_from_the_datasets_cache(tmp_path, tiny_model_dir, monkeypatch):
+    """The task set loads lazily, but the scorer's fingerprint still hashes its content: a task file edited in place
+    gets new scores, not the cached ones."""
+    monkeypatch.setenv("HF_PROSPECTOR_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "tasks.jsonl"
+    datasets.Dataset.from_dict(ROWS).to_json(str(path))
+    scorer = lambda: GoldScorer(str(tiny_model_dir), task_set=str(path), dtype="float32")  # noqa: E731
+    rows = cached_rows(tmp_path)
+    before = Hasher.hash(scorer())  # nothing scored or loaded yet
+    first = rows.map(scorer(), batched=True)
+    assert Hasher.hash(scorer()) == before  # the same tasks: the same fingerprint
+    datasets.Dataset.from_dict({**ROWS, "output": ["Rest, water and sleep.", "Salut tout le monde."]}).to_json(str(path))
+    assert Hasher.hash(scorer()) != before
+    second = rows.map(scorer(), batched=True)
+    fresh = datasets.Dataset.from_dict(ROWS).map(scorer(), batched=True)
+    np.testing.assert_allclose(second["gold_delta"], fresh["gold_delta"], rtol=1e-6)
+    assert not np.allclose(first["gold_delta"], second["gold_delta"])

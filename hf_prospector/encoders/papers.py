@@ -1,10 +1,10 @@
 """Paper conventions: encode a row the way a paper's public script does, so its numbers come out.
 
-The library's own encoding (``exact``, :mod:`hf_prospector.encoding`) tokenizes context and response
+The library's own encoding (``exact``, :mod:`hf_prospector.encoders.exact`) tokenizes context and response
 separately and scores every response token in both passes. The papers' scripts do otherwise, and their
 rankings differ from it (Spearman about 0.93 on real rows), so citing a paper's subset needs the
 paper's procedure. Each convention here is an encoder with the same ``encode(example) -> EncodedRow``
-as :class:`~hf_prospector.encoding.PairEncoder`; the engine and the IFD arithmetic do not change, and
+as :class:`~hf_prospector.encoders.exact.PairEncoder`; the engine and the IFD arithmetic do not change, and
 neither do the column meanings (``ifd`` is the perplexity ratio, ``ifd_loss`` the loss ratio).
 
 * ``superfiltering``: tianyi-lab/Superfiltering ``code_ifd/data_analysis.py`` (Li et al., 2024).
@@ -20,59 +20,39 @@ NaN loss (no target left), the whole row is NaN here, ``loss_cond`` included.
 
 Choices of ours, where the scripts say nothing: a missing or None ``input`` counts as empty; chat rows
 (ShareGPT, messages) fill the prompt as the ``plain`` and ``alpaca`` templates of
-:func:`~hf_prospector.encoding.render_context` do (turns one per line; last user turn = instruction,
+:func:`~hf_prospector.encoders.exact.render_context` do (turns one per line; last user turn = instruction,
 earlier turns = input); ``n_response_tokens`` counts the response tokens scored in the conditioned
 pass (the two passes may score different counts, as in the scripts).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from .encoding import TEMPLATES, EncodedRow, PairEncoder, render_context
-from .formats import Example
-
-
-@dataclass(frozen=True)
-class Convention:
-    """What a convention fixes: the ``template`` (None: the user picks one) and the default ``max_length``."""
-
-    template: str | None
-    max_length: int
-
-
-CONVENTIONS = {
-    "exact": Convention(None, 1024),
-    "superfiltering": Convention("plain", 1024),  # Superfiltering's default; its scripts use GPT-2
-    "cherry": Convention("alpaca", 512),  # the Cherry README's --max_length 512
-}
-DEFAULT_TEMPLATE = "plain"
-DEFAULT_MIN_RESPONSE_TOKENS = 16
+from ..formats import Example
+from .base import Encoder, encoder_class, register
+from .exact import DEFAULT_MIN_RESPONSE_TOKENS, DEFAULT_TEMPLATE, TEMPLATES, EncodedRow, render_context
 
 
 def resolve_settings(convention: str, template: str | None, max_length: int | None,
                      min_response_tokens: int | None) -> tuple[str, int, int | None]:
-    """``(template, max_length, min_response_tokens)`` under ``convention``; None means the convention's default.
+    """``(template, max_length, min_response_tokens)`` of an IFD ``convention``; None means the convention's default.
 
     A paper convention fixes its template (another one is an error) and never cuts the context, so
     ``min_response_tokens`` is an error there too; ``max_length`` may be changed.
     """
-    if convention not in CONVENTIONS:
-        raise ValueError(f"unknown convention {convention!r}; choose one of {tuple(CONVENTIONS)}")
-    fixed = CONVENTIONS[convention]
-    max_length = fixed.max_length if max_length is None else max_length
-    if fixed.template is None:
+    cls = encoder_class("ifd", convention)
+    max_length = cls.default_max_length if max_length is None else max_length
+    if cls.fixed_template is None:
         template = DEFAULT_TEMPLATE if template is None else template
         if template not in TEMPLATES:
             raise ValueError(f"unknown template {template!r}; choose one of {TEMPLATES}")
         return template, max_length, DEFAULT_MIN_RESPONSE_TOKENS if min_response_tokens is None else min_response_tokens
-    if template is not None and template != fixed.template:
-        raise ValueError(f"convention={convention!r} uses template {fixed.template!r}, but template={template!r} "
+    if template is not None and template != cls.fixed_template:
+        raise ValueError(f"convention={convention!r} uses template {cls.fixed_template!r}, but template={template!r} "
                          f"was given; drop template= or use convention='exact' to choose the template")
     if min_response_tokens is not None:
         raise ValueError(f"min_response_tokens applies to convention='exact' only; the {convention} script never "
                          f"cuts the context (drop min_response_tokens=)")
-    return fixed.template, max_length, None
+    return cls.fixed_template, max_length, None
 
 
 def unscorable(note: str) -> EncodedRow:
@@ -80,30 +60,23 @@ def unscorable(note: str) -> EncodedRow:
     return EncodedRow(None, 0, None, 0, 0, note)
 
 
-def make_encoder(convention: str, tokenizer, template: str, max_length: int, min_response_tokens: int | None,
-                 budget: str | None = None):
-    """The encoder of ``convention`` (settings as returned by :func:`resolve_settings`); ``budget`` names the
-    limit in notes (default ``max_length=N``)."""
-    if convention == "exact":
-        return PairEncoder(tokenizer, template, max_length, min_response_tokens, budget)
-    if convention == "superfiltering":
-        return SuperfilteringEncoder(tokenizer, max_length, budget)
-    if convention == "cherry":
-        return CherryEncoder(tokenizer, max_length, budget)
-    raise ValueError(f"unknown convention {convention!r}; choose one of {tuple(CONVENTIONS)}")
-
-
-class ScriptEncoder:
+class ScriptEncoder(Encoder):
     """Tokenization as the scripts call it: ``tokenizer.encode(text, truncation=True, max_length=...)``."""
 
-    def __init__(self, tokenizer, max_length: int, budget: str | None = None):
-        self.tokenizer = tokenizer
-        self.max_length = max_length
-        self.budget = budget or f"max_length={max_length}"
+    def __init__(self, tokenizer, template: str | None = None, max_length: int | None = None,
+                 min_response_tokens: int | None = None, budget: str | None = None):
+        """The arguments every IFD encoder takes (see :func:`resolve_settings`): the script fixes the template and
+        never cuts the context."""
+        if template not in (None, self.fixed_template) or min_response_tokens is not None:
+            raise ValueError(f"{type(self).__name__} uses template {self.fixed_template!r} and never cuts the context; "
+                             f"got template={template!r}, min_response_tokens={min_response_tokens!r}")
+        super().__init__(tokenizer)
+        self.max_length = self.default_max_length if max_length is None else max_length
+        self.budget = budget or f"max_length={self.max_length}"
 
     def tokens(self, text: str, max_length: int | None = None) -> list[int]:
         """``encode(text)`` with the tokenizer's default special tokens, cut to ``max_length`` when given."""
-        return list(self.tokenizer(text, truncation=max_length is not None, max_length=max_length)["input_ids"])
+        return self.ids(text, special=True, max_length=max_length)
 
     def encode_many(self, examples: list[Example]) -> list[EncodedRow]:
         """Row by row, as the scripts tokenize (several dependent calls per row)."""
@@ -122,6 +95,7 @@ class ScriptEncoder:
         return ids, len(self.tokens(text[:text.rfind(response)])), cut
 
 
+@register("ifd", "superfiltering")
 class SuperfilteringEncoder(ScriptEncoder):
     """Superfiltering's ``code_ifd/data_analysis.py`` (``--prompt none``, GPT-2, ``max_length`` 1024).
 
@@ -131,6 +105,9 @@ class SuperfilteringEncoder(ScriptEncoder):
     ``L - len(encode(P, max_length=L)) + 1``, with ``labels = input_ids``: its position 0 is never scored,
     so without BOS the first response token is left out of that pass only.
     """
+
+    fixed_template = "plain"
+    default_max_length = 1024  # Superfiltering's default; its scripts use GPT-2
 
     def encode(self, example: Example) -> EncodedRow:
         output = example.response
@@ -150,6 +127,7 @@ class SuperfilteringEncoder(ScriptEncoder):
         return EncodedRow(cond, start, uncond, 1, len(cond) - start, note)
 
 
+@register("ifd", "cherry")
 class CherryEncoder(ScriptEncoder):
     """Cherry LLM's ``data_analysis.py --mod cherry --prompt alpaca`` and ``data_by_IFD.py`` (latest upstream).
 
@@ -164,6 +142,8 @@ class CherryEncoder(ScriptEncoder):
     ``n_p + len_1 > L``. Rows with IFD above 1 keep their scores; dropping them is the selection's job.
     """
 
+    fixed_template = "alpaca"
+    default_max_length = 512  # the Cherry README's --max_length 512
     HEADER = "### Response:"
     HEADER_BUDGET = 4
 

@@ -22,9 +22,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .formats import Example
+from ..formats import Example
+from .base import Encoder, register
 
 TEMPLATES = ("plain", "alpaca", "chat")
+DEFAULT_TEMPLATE = "plain"
+DEFAULT_MIN_RESPONSE_TOKENS = 16
 
 # The Stanford Alpaca prompts (tatsu-lab/stanford_alpaca, train.py PROMPT_DICT).
 ALPACA_PROMPT = (
@@ -79,29 +82,28 @@ class EncodedRow:
     note: str = ""
 
 
-class PairEncoder:
+@register("ifd", "exact")
+class PairEncoder(Encoder):
     """Encodes examples for IFD-style scoring under one tokenizer, template and budget."""
 
-    def __init__(self, tokenizer, template: str = "plain", max_length: int = 1024, min_response_tokens: int = 16,
-                 budget: str | None = None):
+    default_max_length = 1024
+
+    def __init__(self, tokenizer, template: str = DEFAULT_TEMPLATE, max_length: int = 1024,
+                 min_response_tokens: int = DEFAULT_MIN_RESPONSE_TOKENS, budget: str | None = None):
         """``budget`` names the limit in notes (default ``max_length=N``; the scorers name the model's window when
         it is the smaller)."""
         if template not in TEMPLATES:
             raise ValueError(f"unknown template {template!r}; choose one of {TEMPLATES}")
-        self.tokenizer = tokenizer
+        super().__init__(tokenizer)
         self.template = template
         self.max_length = max_length
         self.budget = budget or f"max_length={max_length}"
         self.min_response_tokens = min_response_tokens
-        bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
         if template == "chat":
             self.cond_prefix: list[int] = []
-            self.uncond_prefix = self.ids(assistant_header(tokenizer)) or bos
+            self.uncond_prefix = self.ids(assistant_header(tokenizer)) or self.bos
         else:
-            self.cond_prefix = self.uncond_prefix = bos
-
-    def ids(self, text: str) -> list[int]:
-        return self.ids_many([text])[0]
+            self.cond_prefix = self.uncond_prefix = self.bos
 
     def encode(self, example: Example) -> EncodedRow:
         return self.encode_many([example])[0]
@@ -116,9 +118,6 @@ class PairEncoder:
         for k, context, response in zip(scorable, contexts, responses):
             out[k] = self.encode_ids(context, response)
         return out
-
-    def ids_many(self, texts: list[str]) -> list[list[int]]:
-        return [list(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
 
     def encode_ids(self, context: list[int], response: list[int]) -> EncodedRow:
         notes = []
