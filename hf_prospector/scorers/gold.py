@@ -30,12 +30,12 @@ from dataclasses import dataclass
 import numpy as np
 from datasets import Features, Value
 
-from ..checks import require_int
 from ..encoding import PairEncoder
 from ..engine import Engine, Request
 from ..formats import Example, batch_to_examples
 from ..models import cache_dir
 from ..tasksets import load_task_set
+from ..utils import atomic_write, require_int
 from .base import Scorer, within_window
 
 GOLD_FEATURES = Features({"gold_score": Value("float64"), "gold_delta": Value("float64"), "gold_wins": Value("int64"),
@@ -199,9 +199,7 @@ class GoldScorer(Scorer):
             sums[k], means[k] = lp.sum(), -lp.mean()
         self.zero_shot_runs += 1
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{id(self)}.npz")
-        np.savez(tmp, sums=sums, means=means)
-        tmp.replace(path)
+        atomic_write(path, lambda tmp: np.savez(tmp, sums=sums, means=means))
         self._zero_shot[key] = (sums, means)
         return sums, means
 
