@@ -22,7 +22,7 @@ from datasets.fingerprint import Hasher
 
 from .formats import ColumnMapping, batch_to_examples
 from .models import DEFAULT_ENCODER
-from .utils import as_encoder
+from .utils import as_encoder, require_column
 
 
 def default_embedding_column(encoder: str | None = None) -> str:
@@ -70,9 +70,7 @@ def embed_column(ds: Dataset, encoder: Any = None, column: str | None = None,
 
 def embedding_matrix(ds: Dataset, column: str) -> np.ndarray:
     """The embedding column as an ``(n, d)`` float32 array; a clear error for missing or ragged rows."""
-    if column not in ds.column_names:
-        raise KeyError(f"the dataset has no embedding column {column!r}; columns: {ds.column_names}. "
-                       "Add it with embed_column(ds, ...).")
+    require_column(ds, column, "embedding column", "Add it with embed_column(ds, ...).")
     values = ds.with_format("arrow", columns=[column])[:][column].combine_chunks()
     if not (pa.types.is_list(values.type) or pa.types.is_fixed_size_list(values.type)
             or pa.types.is_large_list(values.type)):

@@ -46,7 +46,13 @@ def require_unique_row_ids(values: Iterable, *, where: str = "",
     return position
 
 
-# -- score columns --------------------------------------------------------------------------------------------
+# -- columns --------------------------------------------------------------------------------------------------
+def require_column(ds, name: str, what: str, fix: str) -> None:
+    """A KeyError naming the missing column (``what``: e.g. "score column"), the columns there are and ``fix``."""
+    if name not in ds.column_names:
+        raise KeyError(f"the dataset has no {what} {name!r}; columns: {ds.column_names}. {fix}")
+
+
 def numeric_kind(feature: Any) -> str | None:
     """``"float"``, ``"int"`` or ``"null"`` (every value missing) for a numeric ``datasets.Value``, else None."""
     import pyarrow as pa

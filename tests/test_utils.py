@@ -14,8 +14,8 @@ from datasets import ClassLabel, Dataset, Features, List, Value, concatenate_dat
 
 from hf_prospector import models
 from hf_prospector.utils import (ROW_ID, as_encoder, atomic_write, float_column, format_number, markdown_table,
-                                 new_figure, numeric_kind, remove_path, require_int, require_unique_row_ids,
-                                 violin_figure)
+                                 new_figure, numeric_kind, remove_path, require_column, require_int,
+                                 require_unique_row_ids, violin_figure)
 
 ROOT = Path(__file__).resolve().parents[1]
 NAN, INF = float("nan"), float("inf")
@@ -79,7 +79,16 @@ def test_a_repeated_row_id_is_named_with_both_rows():
         require_unique_row_ids(["x", "y", "x"])
 
 
-# -- score columns --------------------------------------------------------------------------------------------
+# -- columns --------------------------------------------------------------------------------------------------
+def test_require_column_names_the_column_the_columns_there_and_the_fix():
+    ds = Dataset.from_dict({"ifd": [0.5], "text": ["a"]})
+    require_column(ds, "ifd", "score column", "Score it first.")  # present: nothing happens
+    with pytest.raises(KeyError) as err:
+        require_column(ds, "gold_score", "score column", "Score it first.")
+    assert err.value.args[0] == ("the dataset has no score column 'gold_score'; columns: ['ifd', 'text']. "
+                                 "Score it first.")
+
+
 @pytest.mark.parametrize("feature, kind", [
     (Value("float32"), "float"), (Value("float64"), "float"), (Value("int8"), "int"), (Value("uint64"), "int"),
     (Value("null"), "null"), (Value("string"), None), (Value("bool"), None), (ClassLabel(names=["a", "b"]), None),

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from datasets import Dataset
 
-from ..utils import float_column, numeric_kind, require_int
+from ..utils import float_column, numeric_kind, require_column, require_int
 
 IFD_COLUMNS = ("ifd", "ifd_loss")
 ORDERS = ("score", "original")
@@ -210,9 +210,8 @@ def select(ds: Dataset, rule: SelectionRule, order: str = "score") -> tuple[Data
 
 def score_column(ds: Dataset, column: str) -> np.ndarray:
     """A numeric column as float64, with NaN for nulls; a clear error for a missing or non-numeric one."""
-    if column not in ds.column_names:
-        raise KeyError(f"the dataset has no score column {column!r}; columns: {ds.column_names}. "
-                       "Score it first (e.g. ds.map(IFDScorer(), batched=True)) or pick another column.")
+    require_column(ds, column, "score column",
+                   "Score it first (e.g. ds.map(IFDScorer(), batched=True)) or pick another column.")
     feature = ds.features[column]
     if numeric_kind(feature) not in ("int", "float"):
         raise TypeError(f"column {column!r} holds {feature}, not numbers; a selection rule needs a numeric "
