@@ -643,4 +643,3 @@ def _datasets_progress_bars_off():
     finally:
         if not was_off:
             datasets.enable_progress_bars()
-
