@@ -53,6 +53,7 @@ def main() -> None:
     from datasets import Dataset, disable_progress_bars
 
     from hf_prospector.selection import select_diverse
+    from hf_prospector.utils import markdown_table
 
     disable_progress_bars()
     X = clustered_embeddings(args.n, args.d, args.clusters, args.seed)
@@ -78,10 +79,7 @@ def main() -> None:
             ("process RSS before -> peak after (MB)", f"{rss_before:.0f} -> {rss_after:.0f}"),
             ("dense n x n float32 matrix (MB)", f"{dense_mb:,.0f}"),
             ("dense matrix / peak traced memory", f"{dense_mb / (traced / 1e6):.1f}x")]
-    width = max(len(name) for name, _ in rows)
-    print(f"| {'measure':<{width}} | value |\n|{'-' * (width + 2)}|-------|")
-    for name, value in rows:
-        print(f"| {name:<{width}} | {value} |")
+    print(markdown_table(["measure", "value"], rows, pad=True))
     gains = out["fl_gain"][:]
     print(f"# first/last marginal gain: {gains[0]:.2f} / {gains[-1]:.4f}")
 

@@ -99,25 +99,22 @@ class ChunkedScores:
 
 def side_by_side(report, names: tuple[str, str], rows: int) -> str:
     """This run's numbers beside the paper's, as a Markdown table."""
-    from hf_prospector.reports import format_table
-
-    def num(value):
-        return "n/a" if value is None or value != value else f"{value:.3f}"
+    from hf_prospector.utils import format_number, markdown_table
 
     c = report.correlations
     table = [
-        ["Spearman ρ, perplexity (`ppl_cond`)", num(c["ppl_cond"].spearman), "—"],
-        ["Kendall τ-b, perplexity (`ppl_cond`)", num(c["ppl_cond"].kendall), "—"],
-        ["Spearman ρ, IFD", num(c["ifd"].spearman), f"{PAPER['ifd_spearman']:.3f}"],
-        ["Kendall τ-b, IFD", num(c["ifd"].kendall), "—"],
+        ["Spearman ρ, perplexity (`ppl_cond`)", format_number(c["ppl_cond"].spearman), "—"],
+        ["Kendall τ-b, perplexity (`ppl_cond`)", format_number(c["ppl_cond"].kendall), "—"],
+        ["Spearman ρ, IFD", format_number(c["ifd"].spearman), f"{PAPER['ifd_spearman']:.3f}"],
+        ["Kendall τ-b, IFD", format_number(c["ifd"].kendall), "—"],
     ]
     for o in report.overlaps:
         paper = PAPER["overlap"].get(round(o.fraction, 4))
-        table.append([f"overlap of the top {o.fraction:.0%} by IFD ({o.common} of {o.selected_a})", num(o.overlap),
-                      "—" if paper is None else f"{paper:.2f}"])
+        table.append([f"overlap of the top {o.fraction:.0%} by IFD ({o.common} of {o.selected_a})",
+                      format_number(o.overlap), "—" if paper is None else f"{paper:.2f}"])
     header = ["", f"{names[0]} vs {names[1]}, {rows:,} Alpaca rows (this run)",
               "GPT-2 vs LLaMA2-7B, Alpaca (Superfiltering, Table 1)"]
-    return format_table(header, table)
+    return markdown_table(header, table)
 
 
 def main() -> None:

@@ -254,12 +254,10 @@ def matmul_sample(dtype, seconds: float, size: int = 2048) -> tuple[float, float
 
 # -- output -------------------------------------------------------------------------------------------
 def print_table(header: list[str], rows: list[list]) -> str:
-    """Print a Markdown table and return its text."""
-    cells = [header] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in cells]
-    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    text = "\n".join(lines)
+    """Print a Markdown table, its columns aligned, and return its text."""
+    from hf_prospector.utils import markdown_table
+
+    text = markdown_table(header, rows, pad=True)
     print(text, flush=True)
     return text
 

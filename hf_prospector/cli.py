@@ -29,6 +29,7 @@ from .recipes import (DiversitySpec, InputSpec, PublishSpec, Recipe, RefineSpec,
                       check_recipe, load_recipe)
 from .runner import DEFAULT_BATCH_SIZE, DEFAULT_PART_ROWS, DEFAULT_PART_SECONDS
 from .sources import load_rows, save_rows
+from .utils import ROW_ID
 
 # Score-table columns per scorer (the note column is shown last).
 TABLE_COLUMNS = {"ifd": ("ifd", "ifd_loss", "ppl_cond", "ppl_uncond", "n_response_tokens"),
@@ -168,12 +169,12 @@ def print_table(ds, spec: ScoreSpec, limit: int, width: int = 44) -> None:
     rows = ds.select(range(min(limit, len(ds))))
     mapping = ColumnMapping(**spec.columns) if spec.columns else None
     labels = [ex.instruction.replace("\n", " ")[:width] for ex in batch_to_examples(rows[:], mapping, turn=spec.turn)]
-    print(f"{'row_id':>6}  {'instruction':<{width}}  " + "  ".join(f"{c:>{w}}" for c, w in zip(columns, widths))
+    print(f"{ROW_ID:>6}  {'instruction':<{width}}  " + "  ".join(f"{c:>{w}}" for c, w in zip(columns, widths))
           + "  note")
     for label, row in zip(labels, rows):
         cells = "  ".join(f"{row[c]:>{w}.4f}" if isinstance(row[c], float) else f"{row[c]:>{w}}"
                           for c, w in zip(columns, widths))
-        print(f"{row['row_id']!s:>6}  {label:<{width}}  {cells}  {row.get(note) or ''}")
+        print(f"{row[ROW_ID]!s:>6}  {label:<{width}}  {cells}  {row.get(note) or ''}")
     if len(ds) > limit:
         print(f"... {len(ds) - limit} more rows")
 

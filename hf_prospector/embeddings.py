@@ -21,7 +21,8 @@ from datasets import Dataset
 from datasets.fingerprint import Hasher
 
 from .formats import ColumnMapping, batch_to_examples
-from .models import DEFAULT_ENCODER, load_encoder
+from .models import DEFAULT_ENCODER
+from .utils import as_encoder, require_column
 
 
 def default_embedding_column(encoder: str | None = None) -> str:
@@ -54,7 +55,7 @@ def embed_column(ds: Dataset, encoder: Any = None, column: str | None = None,
     column = cache_column(encoder, column, text_fn)
     if column in ds.column_names:
         return ds
-    model = load_encoder(encoder) if encoder is None or isinstance(encoder, str) else encoder
+    model = as_encoder(encoder)
 
     def encode(batch: dict[str, list], indices: list[int]) -> dict[str, np.ndarray]:
         texts = _texts(batch, indices, text_fn, columns)
@@ -69,9 +70,7 @@ def embed_column(ds: Dataset, encoder: Any = None, column: str | None = None,
 
 def embedding_matrix(ds: Dataset, column: str) -> np.ndarray:
     """The embedding column as an ``(n, d)`` float32 array; a clear error for missing or ragged rows."""
-    if column not in ds.column_names:
-        raise KeyError(f"the dataset has no embedding column {column!r}; columns: {ds.column_names}. "
-                       "Add it with embed_column(ds, ...).")
+    require_column(ds, column, "embedding column", "Add it with embed_column(ds, ...).")
     values = ds.with_format("arrow", columns=[column])[:][column].combine_chunks()
     if not (pa.types.is_list(values.type) or pa.types.is_fixed_size_list(values.type)
             or pa.types.is_large_list(values.type)):

@@ -34,6 +34,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+from .utils import ROW_ID
+
 FORMATS = ("alpaca", "sharegpt", "messages")
 
 # The role of a turn, as datasets spell it (compared in lower case), -> the chat role the library uses.
@@ -235,11 +237,11 @@ def _row_names(n: int, indices: Sequence[int] | None, row_ids: Sequence | None, 
     ``row_id 'a7'`` (from a ``row_id`` column), or, in a ``Dataset.map`` batch that has neither, the
     position in the batch said as such: ``datasets`` passes row numbers only with ``with_indices=True``."""
     if indices is not None and row_ids is not None:
-        return [f"row {i} (row_id {r!r})" for i, r in zip(indices, row_ids)]
+        return [f"row {i} ({ROW_ID} {r!r})" for i, r in zip(indices, row_ids)]
     if indices is not None:
         return [f"row {i}" for i in indices]
     if row_ids is not None:
-        return [f"row_id {r!r}" for r in row_ids]
+        return [f"{ROW_ID} {r!r}" for r in row_ids]
     if map_batch:
         return [f"row {i} of this batch (for the dataset's row number, call ds.map with with_indices=True)"
                 for i in range(n)]
@@ -262,5 +264,5 @@ def batch_to_examples(batch: Mapping[str, list], mapping: ColumnMapping | None =
     fmt = detect_format(list(batch.keys()), mapping)
     n = row_count(batch)
     keys = list(batch.keys())
-    names = _row_names(n, indices, batch.get("row_id"), map_batch)
+    names = _row_names(n, indices, batch.get(ROW_ID), map_batch)
     return [to_example({k: batch[k][i] for k in keys}, fmt, mapping, names[i], turn) for i in range(n)]

@@ -19,10 +19,10 @@ import hashlib
 import importlib.util
 import os
 import re
-import shutil
 from pathlib import Path
 
 from .sources import local_path
+from .utils import atomic_write
 
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_ENCODER = "all-minilm-l6-v2"
@@ -155,13 +155,16 @@ def _load_gguf(gguf: Path):
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
+
+    def save(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
     try:
-        os.replace(tmp, folder)
-    except OSError:  # another process saved it first
-        shutil.rmtree(tmp, ignore_errors=True)
+        atomic_write(folder, save)
+    except OSError:  # another process saved it first (a folder is not replaced): theirs is the same
+        if not (folder / "config.json").exists():
+            raise
     return model, tokenizer
 
 

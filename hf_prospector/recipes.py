@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 
 from .selection import SelectionRule
+from .utils import require_int
 
 SCORERS = ("ifd", "gold")
 
@@ -198,18 +199,18 @@ def check_recipe(recipe: Recipe) -> None:
     except ValueError as err:
         raise RecipeError(f"score.{err}") from None
     for name in ("batch_size", "part_rows"):
-        if getattr(recipe.run, name) < 1:
-            raise RecipeError(f"run.{name} must be at least 1, got {getattr(recipe.run, name)}")
+        require_int(f"run.{name}", getattr(recipe.run, name), 1, error=RecipeError)
     if recipe.run.part_seconds < 0:
         raise RecipeError(f"run.part_seconds must be >= 0, got {recipe.run.part_seconds}")
-    if recipe.input.limit is not None and recipe.input.limit < 1:
-        raise RecipeError(f"input.limit must be at least 1, got {recipe.input.limit}")
+    if recipe.input.limit is not None:
+        require_int("input.limit", recipe.input.limit, 1, error=RecipeError)
     for i, spec in enumerate(recipe.select):
         k = None if spec.diversity is None else spec.diversity.k
         if isinstance(k, float) and not 0 < k < 1:
             raise RecipeError(f"select[{i}].diversity.k: a float is a fraction of the rows, in (0, 1); got {k}")
-        if isinstance(k, int) and k < 1:
-            raise RecipeError(f"select[{i}].diversity.k: a row count must be at least 1; got {k}")
+        if isinstance(k, int):
+            require_int(f"select[{i}].diversity.k", k, 1, hint="a float in (0, 1) is a fraction of the rows",
+                        error=RecipeError)
     publish = recipe.publish
     if publish is not None:
         if (publish.path is None) == (publish.hub is None):

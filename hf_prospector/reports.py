@@ -28,12 +28,13 @@ from typing import Callable, Mapping
 
 import numpy as np
 from datasets import Dataset
-from matplotlib.figure import Figure
 from scipy import stats
 
 from hf_prospector.formats import ColumnMapping, batch_to_examples
 from hf_prospector.selection import SelectionReport, SelectionRule, select, superfiltering
 from hf_prospector.selection.rules import IFD_OUT_OF_RANGE, score_column
+from hf_prospector.utils import (ROW_ID, format_number, markdown_table, new_figure, require_unique_row_ids,
+                                 violin_figure)
 
 # Superfiltering defines the perplexity it correlates in Table 1 as PPL(y|x), the response given the
 # instruction; PPL(y) alone is reported too, clearly labelled.
@@ -85,19 +86,19 @@ class ComparisonReport:
 
     def to_markdown(self) -> str:
         a, b = self.names
-        corr_rows = [[f"`{col}`: {SCORE_COLUMNS[col]}", _num(c.spearman), _num(c.kendall), c.rows_used,
-                      c.rows_excluded] for col, c in self.correlations.items()]
+        corr_rows = [[f"`{col}`: {SCORE_COLUMNS[col]}", format_number(c.spearman), format_number(c.kendall),
+                      c.rows_used, c.rows_excluded] for col, c in self.correlations.items()]
         overlap_rows = [[f"{o.fraction:.0%}", f"`{o.rule}`", o.selected_a, o.selected_b, o.common,
-                         _num(o.overlap)] for o in self.overlaps]
+                         format_number(o.overlap)] for o in self.overlaps]
         parts = [
             f"# Score consistency: {a} vs {b}",
             f"{self.rows} rows, matched by {self.matched_by}.",
             "## Rank correlations",
-            format_table(["score", "Spearman ρ", "Kendall τ-b", "rows used", "rows excluded (NaN or inf in either)"],
-                         corr_rows),
+            markdown_table(["score", "Spearman ρ", "Kendall τ-b", "rows used",
+                            "rows excluded (NaN or inf in either)"], corr_rows),
             "## Overlap of the top selections",
             f"Each input separately: {self.selection} Overlap = |{a} ∩ {b}| / |{a}|.",
-            format_table(["top", "rule", f"|{a}|", f"|{b}|", f"|{a} ∩ {b}|", "overlap"], overlap_rows),
+            markdown_table(["top", "rule", f"|{a}|", f"|{b}|", f"|{a} ∩ {b}|", "overlap"], overlap_rows),
         ]
         if "ifd_scatter" in self.figures:
             parts += ["## IFD", f"![IFD of {a} against {b}]({self.figures['ifd_scatter'].name})"]
@@ -147,17 +148,17 @@ class AssessmentReport:
     def to_markdown(self) -> str:
         parts = ["# Dataset assessment", "## Summary statistics"]
         for col, label in SCORE_COLUMNS.items():
-            rows = [[name, s.count, s.missing, *(_num(getattr(s, k)) for k in _STAT_NAMES)]
+            rows = [[name, s.count, s.missing, *(format_number(getattr(s, k)) for k in _STAT_NAMES)]
                     for name, d in self.datasets.items() for s in [d.scores[col]]]
-            parts += [f"`{col}`: {label}", format_table(["dataset", "finite", "NaN or inf", *_STAT_NAMES], rows)]
+            parts += [f"`{col}`: {label}", markdown_table(["dataset", "finite", "NaN or inf", *_STAT_NAMES], rows)]
         parts += [
             "Rows with a finite IFD that the selection leaves out as out of range (IFD ≥ 1 by default):",
-            format_table(["dataset", "rows out of range", "share"],
+            markdown_table(["dataset", "rows out of range", "share"],
                          [[n, d.out_of_range, f"{d.out_of_range / d.rows:.1%}"] for n, d in self.datasets.items()]),
             "## Leading words of instructions",
             f"Top: {self.selection} Bottom: the same with the lowest IFD. "
             "The leading word is the first word of the instruction, lowercased.",
-            format_table(["dataset", f"top {self.fraction:.0%} by IFD", f"bottom {self.fraction:.0%} by IFD"],
+            markdown_table(["dataset", f"top {self.fraction:.0%} by IFD", f"bottom {self.fraction:.0%} by IFD"],
                          [[n, f"{_words(d.top_words)} ({d.top_rows} rows)",
                            f"{_words(d.bottom_words)} ({d.bottom_rows} rows)"] for n, d in self.datasets.items()]),
         ]
@@ -257,13 +258,6 @@ def leading_word(instruction: str) -> str:
     return match.group(0).lower() if match else ""
 
 
-def format_table(header: list[str], rows: list[list]) -> str:
-    """A Markdown table; cells are converted with ``str`` and "|" is escaped."""
-    def line(cells):
-        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
-    return "\n".join([line(header), line(["---"] * len(header))] + [line(r) for r in rows])
-
-
 def _require_columns(ds: Dataset, name: str) -> None:
     missing = [c for c in SCORE_COLUMNS if c not in ds.column_names]
     if missing:
@@ -282,34 +276,31 @@ def _kept_positions(ds: Dataset, rule: SelectionRule) -> tuple[np.ndarray, Selec
 
 def _match_rows(a: Dataset, b: Dataset, names: tuple[str, str]) -> tuple[np.ndarray, np.ndarray, str]:
     """Positions in ``a`` and in ``b`` of the same rows, in ``a``'s order."""
-    has_ids = ["row_id" in a.column_names, "row_id" in b.column_names]
+    has_ids = [ROW_ID in a.column_names, ROW_ID in b.column_names]
     if has_ids[0] != has_ids[1]:
         with_id, without = (names[0], names[1]) if has_ids[0] else (names[1], names[0])
-        raise ValueError(f"{with_id!r} has a row_id column and {without!r} has none: keep row_id in both "
+        raise ValueError(f"{with_id!r} has a {ROW_ID} column and {without!r} has none: keep {ROW_ID} in both "
                          "(to match rows by id) or drop it from both (to match rows by position).")
     if not has_ids[0]:
         if len(a) != len(b):
             raise ValueError(f"{names[0]!r} has {len(a)} rows and {names[1]!r} has {len(b)}, and neither has a "
-                             "row_id column to match them: score the same rows in both, keeping row_id.")
+                             f"{ROW_ID} column to match them: score the same rows in both, keeping {ROW_ID}.")
         return np.arange(len(a)), np.arange(len(b)), "position"
     ids = []
     for ds, name in ((a, names[0]), (b, names[1])):
-        col = np.asarray(ds.with_format("arrow")["row_id"].to_numpy(zero_copy_only=False))
+        col = np.asarray(ds.with_format("arrow")[ROW_ID].to_numpy(zero_copy_only=False))
         if not np.issubdtype(col.dtype, np.integer):
-            raise ValueError(f"{name!r}: row_id must be integers without nulls, got dtype {col.dtype}")
-        values, counts = np.unique(col, return_counts=True)
-        if (counts > 1).any():
-            raise ValueError(f"{name!r}: row_id values repeat, e.g. {values[counts > 1][:5].tolist()}; "
-                             "each row needs its own id (deduplicate, or re-add row_id).")
+            raise ValueError(f"{name!r}: {ROW_ID} must be integers without nulls, got dtype {col.dtype}")
+        require_unique_row_ids(col.tolist(), where=f"{name!r}: ", fix=f"deduplicate the rows, or re-add {ROW_ID}")
         ids.append(col)
     only_a, only_b = np.setdiff1d(ids[0], ids[1]), np.setdiff1d(ids[1], ids[0])
     if len(only_a) or len(only_b):
-        raise ValueError(f"the inputs hold different rows: {len(only_a)} row_id only in {names[0]!r} "
+        raise ValueError(f"the inputs hold different rows: {len(only_a)} {ROW_ID} only in {names[0]!r} "
                          f"(e.g. {only_a[:5].tolist()}), {len(only_b)} only in {names[1]!r} (e.g. "
                          f"{only_b[:5].tolist()}). Compare the same rows scored twice: filter both to the "
                          "shared ids first (Dataset.filter).")
     order_b = np.argsort(ids[1])
-    return np.arange(len(a)), order_b[np.searchsorted(ids[1], ids[0], sorter=order_b)], "row_id"
+    return np.arange(len(a)), order_b[np.searchsorted(ids[1], ids[0], sorter=order_b)], ROW_ID
 
 
 def _correlate(x: np.ndarray, y: np.ndarray) -> Correlation:
@@ -345,7 +336,7 @@ def _leading_words(ds: Dataset, positions: np.ndarray, mapping: ColumnMapping | 
 
 def _scatter(x: np.ndarray, y: np.ndarray, names: tuple[str, str], corr: Correlation, path: Path) -> Path:
     ok = np.isfinite(x) & np.isfinite(y)
-    fig = Figure(figsize=(5, 5), layout="constrained")
+    fig = new_figure(5, 5)
     ax = fig.subplots()
     ax.scatter(x[ok], y[ok], s=6, alpha=min(0.6, max(0.05, 2000 / max(int(ok.sum()), 1))), linewidths=0)
     lo, hi = (float(min(x[ok].min(), y[ok].min())), float(max(x[ok].max(), y[ok].max()))) if ok.any() else (0, 1)
@@ -353,7 +344,8 @@ def _scatter(x: np.ndarray, y: np.ndarray, names: tuple[str, str], corr: Correla
     ax.axvline(1, color="red", linestyle="--", linewidth=0.8, label="IFD = 1")
     ax.axhline(1, color="red", linestyle="--", linewidth=0.8)
     ax.set(xlabel=f"IFD ({names[0]})", ylabel=f"IFD ({names[1]})",
-           title=f"Spearman {_num(corr.spearman)}, {corr.rows_used} rows ({corr.rows_excluded} NaN or inf left out)")
+           title=f"Spearman {format_number(corr.spearman)}, {corr.rows_used} rows "
+                 f"({corr.rows_excluded} NaN or inf left out)")
     ax.legend(loc="upper left")
     fig.savefig(path, dpi=120)
     return path
@@ -361,27 +353,17 @@ def _scatter(x: np.ndarray, y: np.ndarray, names: tuple[str, str], corr: Correla
 
 def _violins(datasets: Mapping[str, Dataset], panels: list[tuple[str, str, bool]], path: Path) -> Path:
     """One panel per (column, axis label, log10?) with a violin per dataset, of its finite values."""
-    names = list(datasets)
-    fig = Figure(figsize=(len(panels) * (1.5 + 1.2 * len(names)), 4), layout="constrained")
-    for ax, (col, label, log) in zip(np.atleast_1d(fig.subplots(1, len(panels))), panels):
-        data = []
-        for ds in datasets.values():
-            v = score_column(ds, col)
-            v = v[np.isfinite(v)]  # the summary table counts the others
-            data.append(np.log10(v) if log else v)
-        ax.violinplot(data, showmedians=True)
-        ax.set_xticks(range(1, len(names) + 1), names)
-        ax.set_ylabel(label)
+    scale = {True: np.log10, False: np.asarray}
+    with np.errstate(divide="ignore", invalid="ignore"):  # log10 of 0 or less is not finite: left out like NaN
+        groups = [(label, [(name, scale[log](score_column(ds, col))) for name, ds in datasets.items()])
+                  for col, label, log in panels]
+    fig, _ = violin_figure(groups, len(panels) * (1.5 + 1.2 * len(datasets)))
     fig.savefig(path, dpi=120)
     return path
 
 
 def _words(counts: list[tuple[str, int]]) -> str:
     return ", ".join(f"{w} {n}" for w, n in counts) or "—"
-
-
-def _num(value: float) -> str:
-    return "n/a" if value is None or math.isnan(value) else f"{value:.3f}"
 
 
 def _json_ready(value):

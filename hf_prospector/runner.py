@@ -54,8 +54,8 @@ from datasets import Dataset, Features, IterableDataset, Value, concatenate_data
 
 from .formats import row_count
 from .sources import load_rows, save_rows
+from .utils import ROW_ID, atomic_write, float_column, numeric_kind, require_int, require_unique_row_ids
 
-ROW_ID = "row_id"
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 2  # 2: the input is identified by the hashes of its rows in each part, not a fingerprint
 DEFAULT_BATCH_SIZE = 256
@@ -135,8 +135,7 @@ def score_run(source: Dataset | IterableDataset, scorer, output: str | Path, *, 
     ``torchrun``/``accelerate`` launch. Ctrl-C raises :class:`RunInterrupted` once the scored rows are saved.
     """
     for name, value in (("batch_size", batch_size), ("part_rows", part_rows)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+        require_int(name, value, 1)
     if part_seconds < 0:
         raise ValueError(f"part_seconds must be >= 0, got {part_seconds}")
     run = _Run(source, scorer, Path(output), source_name, batch_size, part_rows, part_seconds, progress)
@@ -219,9 +218,9 @@ class _Run:
         return manifest
 
     def _write_manifest(self, **extra) -> None:
-        _atomic_write_text(self.work / MANIFEST, json.dumps({"format": MANIFEST_FORMAT, "identity": self.identity,
-                                                             "source": self.source_name, **extra},
-                                                            indent=2, sort_keys=True))
+        text = json.dumps({"format": MANIFEST_FORMAT, "identity": self.identity, "source": self.source_name, **extra},
+                          indent=2, sort_keys=True)
+        atomic_write(self.work / MANIFEST, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
     def _parts(self) -> list[tuple[int, int, Path]]:
         found = [(int(m[1]), int(m[2]), p) for p in self.work.glob("part-*.parquet") if (m := _PART_NAME.match(p.name))]
@@ -425,12 +424,10 @@ class _Run:
 
     def _write_part(self, start: int, end: int, part: Dataset, input_rows: dict[str, list]) -> None:
         """Write a part atomically, with the hash of its input rows in its schema metadata."""
-        final = self.work / f"part-{start:012d}-{end:012d}.parquet"
-        tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
         schema = part.features.arrow_schema
         metadata = {**(schema.metadata or {}), PART_METADATA: json.dumps({"input_rows": _rows_hash(input_rows)})}
-        pq.write_table(part.data.table.cast(schema).replace_schema_metadata(metadata), str(tmp))
-        os.replace(tmp, final)
+        table = part.data.table.cast(schema).replace_schema_metadata(metadata)
+        atomic_write(self.work / f"part-{start:012d}-{end:012d}.parquet", lambda tmp: pq.write_table(table, str(tmp)))
 
     # -- gathering -----------------------------------------------------------------------------------
     def _finish(self, start: float, total: int | None = None, already_done: bool = False):
@@ -465,12 +462,8 @@ class _Run:
             ds = Dataset.from_dict({name: [] for name in features}, features=features)
         self._check_row_ids(ds, total)
         # Written beside the output, then moved: a crash never leaves a half-written output.
-        tmp = self.output.with_name(f".{self.output.name}.{os.getpid()}.tmp")
-        _remove(tmp)
-        save_rows(ds, tmp, parquet=self.output.suffix == ".parquet")
+        atomic_write(self.output, lambda tmp: save_rows(ds, tmp, parquet=self.output.suffix == ".parquet"), clear=True)
         del ds
-        _remove(self.output)
-        os.replace(tmp, self.output)
         for _, _, path in parts:
             path.unlink()
         for path in self.work.glob("part-*.parquet.stale"):  # superseded by the rows just gathered
@@ -531,27 +524,14 @@ class _Run:
 
 
 # -- helpers -------------------------------------------------------------------------------------------
-def require_unique_row_ids(values: list) -> None:
-    """``row_id`` must name each row once; the error names a repeated value and its rows."""
-    first_seen: dict[Any, int] = {}
-    for i, value in enumerate(values):
-        if value in first_seen:
-            raise ValueError(f"column {ROW_ID!r} repeats the value {value!r} (rows {first_seen[value]} and {i}); "
-                             f"{ROW_ID} must identify rows: make it unique, or rename or drop it to have the "
-                             "row positions used")
-        first_seen[value] = i
-
-
 def nan_summary(ds: Dataset, columns: tuple[str, ...]) -> tuple[int, dict[str, int]]:
     """Rows with a NaN in any float score column, and their ``*_note`` reasons (digits shown as N)."""
-    floats = [c for c in columns if c in ds.column_names and isinstance(ds.features[c], Value)
-              and ds.features[c].dtype.startswith("float")]
+    floats = [c for c in columns if c in ds.column_names and numeric_kind(ds.features[c]) == "float"]
     if not floats:
         return 0, {}
-    table = ds.with_format("arrow", columns=floats)[:]
     nan = np.zeros(len(ds), dtype=bool)
     for c in floats:
-        nan |= np.isnan(np.asarray(table[c].to_numpy(zero_copy_only=False), dtype=np.float64))
+        nan |= np.isnan(float_column(ds, c))
     note = next((c for c in columns if c.endswith("_note") and c in ds.column_names), None)
     notes = ds.select(np.flatnonzero(nan))[note] if note else ["(no note column)"] * int(nan.sum())
     reasons = Counter(re.sub(r"\d+", "N", text) or "(no note)" for text in notes)
@@ -616,13 +596,6 @@ def _describe_output(path: Path) -> str:
         return "a saved dataset" if path.is_dir() else "a .parquet file"
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()
-
-
 def _missing(done: list[tuple[int, int]], start: int, end: int) -> list[tuple[int, int]]:
     """The sub-ranges of ``start:end`` that no ``(a, b)`` range in ``done`` covers."""
     gaps, at = [], start
@@ -670,9 +643,3 @@ def _datasets_progress_bars_off():
     finally:
         if not was_off:
             datasets.enable_progress_bars()
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

@@ -14,6 +14,7 @@ from datasets import Dataset, DatasetDict
 
 from .formats import batch_to_examples, detect_format
 from .sources import load_rows
+from .utils import as_encoder, require_int
 
 
 def load_task_set(source, split: str = "train", require_answers: bool = True) -> Dataset:
@@ -53,16 +54,13 @@ def refine_task_set(ds: Dataset, k: int = 100, sample: int = 1000, encoder=None,
     """
     from sklearn.cluster import KMeans
 
-    from .models import load_encoder
-
     n = min(sample, len(ds))
-    if not 0 < k <= n:
-        raise ValueError(f"k={k} must be between 1 and the sample size {n}")
+    require_int("k", k, 1, n, hint="k is at most the sample size (sample, or the task set's rows if fewer)")
     rng = np.random.default_rng(seed)
     picked = np.sort(rng.choice(len(ds), size=n, replace=False))
     rows = ds.select(picked)
     texts = [ex.full_text() for ex in batch_to_examples(rows[:])]
-    model = load_encoder(encoder) if encoder is None or isinstance(encoder, str) else encoder
+    model = as_encoder(encoder)
     X = np.asarray(model.encode(texts, batch_size=batch_size, show_progress_bar=False, convert_to_numpy=True,
                                 normalize_embeddings=True), dtype=np.float64)
     km = KMeans(n_clusters=k, random_state=seed, n_init=4).fit(X)

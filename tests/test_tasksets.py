@@ -33,7 +33,7 @@ def test_refine_picks_one_row_per_cluster_deterministically():
     assert sum(a["cluster_size"]) == 20 and a["cluster"] == [0, 1, 2]
     for row in a:
         assert row["instruction"] == ds[row["source_index"]]["instruction"]  # records where it came from
-    with pytest.raises(ValueError, match="between 1 and the sample size"):
+    with pytest.raises(ValueError, match=r"k must be an integer from 1 to 20, got 25; k is at most the sample size"):
         refine_task_set(ds, k=25, sample=20, encoder=ClusteredEncoder())
 
 

@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
-import pyarrow as pa
 from datasets import Dataset, DatasetDict, concatenate_datasets
 from huggingface_hub import DatasetCard, DatasetCardData
-from matplotlib.figure import Figure
 
 import hf_prospector
+from hf_prospector.utils import (ROW_ID, float_column, format_number, markdown_table, new_figure, numeric_kind,
+                                 require_unique_row_ids, violin_figure)
 
 # Score columns the library writes, in the order the card shows them.
 SCORE_COLUMNS = ("ifd", "ifd_loss", "ppl_cond", "ppl_uncond", "loss_cond", "loss_uncond", "gold_score", "gold_delta")
@@ -127,18 +127,10 @@ def score_columns(ds: Dataset, requested: list[str] | None = None) -> list[str]:
     for name in names:
         if name not in ds.column_names:
             raise ValueError(f"score column {name!r} is not in the dataset (columns: {ds.column_names})")
-        pa_type = ds.features[name].pa_type if hasattr(ds.features[name], "pa_type") else None
-        numeric = pa_type is not None and (pa.types.is_floating(pa_type) or pa.types.is_integer(pa_type)
-                                           or pa.types.is_null(pa_type))  # null: every value is missing
-        if not numeric:
+        if numeric_kind(ds.features[name]) is None:  # "null" counts: every value is missing
             raise ValueError(f"score column {name!r} is not numeric ({ds.features[name]}); "
                              "pass columns= with numeric columns only.")
     return list(names)
-
-
-def column_values(ds: Dataset, name: str) -> np.ndarray:
-    """A column as float64 in row order; nulls become NaN."""
-    return np.asarray(ds.with_format("arrow")[name].to_numpy(zero_copy_only=False), dtype=np.float64)
 
 
 def score_stats(values: np.ndarray) -> dict[str, float]:
@@ -154,39 +146,25 @@ def score_stats(values: np.ndarray) -> dict[str, float]:
 
 def _positions_in_scored(scored: Dataset | None, selected: Dataset) -> list[int] | None:
     """Where each selected row sits in ``scored``, by ``row_id``; None when the datasets cannot be matched so."""
-    if scored is None or "row_id" not in scored.column_names or "row_id" not in selected.column_names:
+    if scored is None or ROW_ID not in scored.column_names or ROW_ID not in selected.column_names:
         return None
-    position = {}
-    for i, row_id in enumerate(scored["row_id"]):
-        if row_id in position:
-            raise ValueError(f"row_id {row_id!r} appears twice in the scored dataset (rows {position[row_id]} "
-                             f"and {i}); row ids must be unique to match the selected rows.")
-        position[row_id] = i
-    missing = [r for r in selected["row_id"] if r not in position]
+    position = require_unique_row_ids(scored[ROW_ID], where="the scored dataset: ",
+                                      fix="make it unique to match the selected rows")
+    missing = [r for r in selected[ROW_ID] if r not in position]
     if missing:
-        raise ValueError(f"{len(missing)} selected row_id(s) are not in the scored dataset, e.g. {missing[:5]}; "
+        raise ValueError(f"{len(missing)} selected {ROW_ID}(s) are not in the scored dataset, e.g. {missing[:5]}; "
                          "pass the scored dataset the selection was made from.")
-    return [position[r] for r in selected["row_id"]]
+    return [position[r] for r in selected[ROW_ID]]
 
 
 def _selected_values(scored: Dataset | None, selected: Dataset, positions: list[int] | None, name: str) -> np.ndarray:
     """The selected rows' scores: looked up in ``scored`` when matched by row_id, else the selection's own."""
     if positions is not None:
-        return column_values(scored, name)[positions]
+        return float_column(scored, name)[positions]
     if name not in selected.column_names:
-        raise ValueError(f"the selected rows have no {name!r} column and no row_id to look it up in the scored "
-                         "dataset; keep the score columns or row_id in the selection.")
-    return column_values(selected, name)
-
-
-def _markdown_table(header: list[str], rows: list[list]) -> str:
-    def line(cells: list) -> str:
-        return "| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |"
-    return "\n".join([line(header), line(["---"] * len(header))] + [line(row) for row in rows])
-
-
-def _number(value: float) -> str:
-    return "n/a" if math.isnan(value) else f"{value:.6g}"
+        raise ValueError(f"the selected rows have no {name!r} column and no {ROW_ID} to look it up in the scored "
+                         f"dataset; keep the score columns or {ROW_ID} in the selection.")
+    return float_column(selected, name)
 
 
 def _size_category(rows: int) -> str:
@@ -202,7 +180,7 @@ def _histogram(name: str, populations: Populations, threshold: float | None, pat
     finite = [(label, values[np.isfinite(values)]) for label, values in populations]
     pooled = np.concatenate([values for _, values in finite])
     bins = np.histogram_bin_edges(pooled, bins=int(np.clip(np.sqrt(len(pooled)), 10, 60)))
-    fig = Figure(figsize=(6, 3.6), layout="constrained")
+    fig = new_figure(6, 3.6)
     ax = fig.subplots()
     for label, values in finite:
         ax.hist(values, bins=bins, color=COLORS[label], alpha=0.45 if label == "all rows" else 0.8,
@@ -216,20 +194,11 @@ def _histogram(name: str, populations: Populations, threshold: float | None, pat
 
 
 def _ifd_violin(populations: Populations, threshold: float | None, path: Path) -> Path:
-    fig = Figure(figsize=(2 + 1.6 * len(populations), 4), layout="constrained")
-    ax = fig.subplots()
-    for position, (label, values) in enumerate(populations, start=1):
-        finite = values[np.isfinite(values)]
-        if len(np.unique(finite)) >= 2:  # a kernel density needs two distinct values
-            body = ax.violinplot([finite], positions=[position], showmedians=True)
-            body["bodies"][0].set_facecolor(COLORS[label])
-        else:
-            ax.plot(np.full(len(finite), position), finite, "o", color=COLORS[label])
+    fig, (ax,) = violin_figure([("IFD", populations)], 2 + 1.6 * len(populations), colors=COLORS)
     ax.axhline(1.0, color="grey", linewidth=0.8, label="IFD = 1 (instruction does not help)")
     if threshold is not None:
         ax.axhline(threshold, color="red", linestyle="--", linewidth=1, label=f"threshold {threshold:g}")
-    ax.set_xticks(range(1, len(populations) + 1), [label for label, _ in populations])
-    ax.set(ylabel="IFD", title="IFD distribution")
+    ax.set(title="IFD distribution")
     ax.legend(fontsize="small")
     fig.savefig(path, dpi=110)
     return path
@@ -263,12 +232,13 @@ def make_card(scored: Dataset | None, selected: Dataset | DatasetDict | None, pr
 
     table, images = [], []
     for name in names:
-        populations = [("all rows", column_values(scored, name))] if scored is not None else []
+        populations = [("all rows", float_column(scored, name))] if scored is not None else []
         if chosen is not None:
             populations.append(("selected", _selected_values(scored, chosen, positions, name)))
         for label, values in populations:
             stats = score_stats(values)
-            table.append([name, label, stats["count"], stats["nan"]] + [_number(v) for v in list(stats.values())[2:]])
+            table.append([name, label, stats["count"], stats["nan"]]
+                         + [format_number(v, ".6g") for v in list(stats.values())[2:]])
         if not any(np.isfinite(values).any() for _, values in populations):
             continue  # nothing to draw; the table shows the NaN count
         path = _histogram(name, populations, thresholds.get(name), figures_dir / f"{name}_histogram.png")
@@ -285,13 +255,13 @@ def make_card(scored: Dataset | None, selected: Dataset | DatasetDict | None, pr
     intro = (f"{rows} rows selected from `{source}`{rule} with hf-prospector." if chosen is not None else
              f"Scores of {rows} rows of `{source}`, computed with hf-prospector.")
     parts = [SECTION_START, "# Data selected with hf-prospector" if chosen is not None else "# hf-prospector scores",
-             intro, "## Provenance", _markdown_table(["fact", "value"], [[k, v] for k, v in _ordered(facts)])]
+             intro, "## Provenance", markdown_table(["fact", "value"], [[k, v] for k, v in _ordered(facts)])]
     if names:
         parts += ["## Scores",
                   "`count` is the number of finite values, `NaN` the rows without one (NaN, null or infinite); "
                   "the other statistics are over the finite values. \"all rows\" are the scored rows the "
                   "selection was made from.",
-                  _markdown_table(STAT_HEADER, table), *images]
+                  markdown_table(STAT_HEADER, table), *images]
     parts.append(SECTION_END)
     return DatasetCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(parts) + "\n")
 

@@ -14,10 +14,10 @@ import torch
 from datasets import Dataset, Features, IterableDataset
 
 from .. import __version__
-from ..checks import require_int
 from ..engine import Engine, release_freed_memory, resolve_compile, resolve_dtype
 from ..formats import ColumnMapping, batch_to_examples
 from ..models import DEFAULT_MODEL, load_causal_lm, model_fingerprint
+from ..utils import require_int
 
 
 FORKED_CUDA = (

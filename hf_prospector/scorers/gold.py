@@ -24,7 +24,6 @@ from dataclasses import dataclass
 import numpy as np
 from datasets import Features, Value
 
-from ..checks import require_int
 from ..encoders import EncodedTask, GoldEncoder, conventions, encoder_class, make_encoder
 from ..encoders.gold import GOLD_TEMPLATES
 from ..engine import Engine, Request
@@ -32,6 +31,7 @@ from ..formats import batch_to_examples
 from ..models import cache_dir
 from ..sources import local_path
 from ..tasksets import load_task_set
+from ..utils import atomic_write, require_int
 from .base import Scorer, within_window
 
 GOLD_FEATURES = Features({"gold_score": Value("float64"), "gold_delta": Value("float64"), "gold_wins": Value("int64"),
@@ -170,9 +170,7 @@ class GoldScorer(Scorer):
             gold.zero_sums[k], gold.zero_means[k] = lp.sum(), -lp.mean()
         self.zero_shot_runs += 1
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{id(self)}.npz")
-        np.savez(tmp, sums=gold.zero_sums, means=gold.zero_means)
-        tmp.replace(path)
+        atomic_write(path, lambda tmp: np.savez(tmp, sums=gold.zero_sums, means=gold.zero_means))
         return gold
 
     # -- one-shot ---------------------------------------------------------------------------------

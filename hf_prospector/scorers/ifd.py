@@ -17,9 +17,9 @@ import math
 import numpy as np
 from datasets import Features, Value
 
-from ..checks import require_int
 from ..encoders import make_encoder, resolve_settings
 from ..engine import Engine, Request
+from ..utils import require_int
 from .base import Scorer, within_window
 
 IFD_FEATURES = Features({**{c: Value("float64") for c in ("ppl_cond", "ppl_uncond", "ifd", "ifd_loss", "loss_cond",

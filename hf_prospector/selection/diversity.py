@@ -33,6 +33,7 @@ from sklearn.neighbors import NearestNeighbors
 
 from ..embeddings import cache_column, embed_column, embedding_matrix
 from ..formats import ColumnMapping
+from ..utils import require_int
 from .rules import SelectionReport, SelectionRule, fraction_count, select
 
 DENSE_MAX_ROWS = 5_000
@@ -50,12 +51,8 @@ class FacilityLocation:
     """
 
     def __init__(self, k: int, n_neighbors: int | None = None):
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ValueError(f"k must be a positive int, got {k!r}")
-        if n_neighbors is not None and n_neighbors < 1:
-            raise ValueError(f"n_neighbors must be a positive int or None, got {n_neighbors!r}")
-        self.k = int(k)
-        self.n_neighbors = n_neighbors
+        self.k = require_int("k", k, 1)
+        self.n_neighbors = None if n_neighbors is None else require_int("n_neighbors", n_neighbors, 1)
 
     def fit(self, X) -> "FacilityLocation":
         X = _unit_rows(X)
@@ -140,8 +137,7 @@ def select_diverse(ds: Dataset, k: int, encoder: Any = None, embedding_column: s
     """
     if order not in GREEDY_ORDERS:
         raise ValueError(f"order must be one of {GREEDY_ORDERS}, got {order!r}")
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= len(ds):
-        raise ValueError(f"k must be an int in [1, {len(ds)}] (the rows to choose from), got {k!r}")
+    require_int("k", k, 1, len(ds), hint=f"the dataset has {len(ds)} rows to choose from")
     column = cache_column(encoder, embedding_column, text_fn)
     ds = embed_column(ds, encoder, column, text_fn=text_fn, columns=columns, batch_size=batch_size)
     fl = FacilityLocation(k, n_neighbors).fit(embedding_matrix(ds, column))

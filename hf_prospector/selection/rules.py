@@ -31,8 +31,9 @@ import re
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-import pyarrow as pa
-from datasets import Dataset, Value
+from datasets import Dataset
+
+from ..utils import float_column, numeric_kind, require_column, require_int
 
 IFD_COLUMNS = ("ifd", "ifd_loss")
 ORDERS = ("score", "original")
@@ -105,9 +106,8 @@ class SelectionRule:
             raise ValueError(f"give exactly one of top_fraction, top_n, threshold; got {given or 'none'}")
         if self.top_fraction is not None:
             fraction_count(self.top_fraction, 0)  # validates the range
-        if self.top_n is not None and (isinstance(self.top_n, bool) or not isinstance(self.top_n, int)
-                                       or self.top_n < 1):
-            raise ValueError(f"top_n must be a positive int, got {self.top_n!r}")
+        if self.top_n is not None:
+            require_int("top_n", self.top_n, 1)
         if self.threshold is not None and not math.isfinite(self.threshold):
             raise ValueError(f"threshold must be a finite number, got {self.threshold}")
 
@@ -210,16 +210,13 @@ def select(ds: Dataset, rule: SelectionRule, order: str = "score") -> tuple[Data
 
 def score_column(ds: Dataset, column: str) -> np.ndarray:
     """A numeric column as float64, with NaN for nulls; a clear error for a missing or non-numeric one."""
-    if column not in ds.column_names:
-        raise KeyError(f"the dataset has no score column {column!r}; columns: {ds.column_names}. "
-                       "Score it first (e.g. ds.map(IFDScorer(), batched=True)) or pick another column.")
+    require_column(ds, column, "score column",
+                   "Score it first (e.g. ds.map(IFDScorer(), batched=True)) or pick another column.")
     feature = ds.features[column]
-    if not (isinstance(feature, Value) and (pa.types.is_integer(feature.pa_type)
-                                            or pa.types.is_floating(feature.pa_type))):
+    if numeric_kind(feature) not in ("int", "float"):
         raise TypeError(f"column {column!r} holds {feature}, not numbers; a selection rule needs a numeric "
                         "score column (cast it with ds.cast_column if it holds numbers as text).")
-    values = ds.with_format("arrow", columns=[column])[:][column]
-    return np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float64)
+    return float_column(ds, column)
 
 
 def _slug_number(x: float) -> str:

@@ -100,7 +100,7 @@ def test_wrong_types_are_named(data, message):
     ({"score": {"scorer": "ifd"}, "select": [{"rule": {"top_n": 3}}, {"rule": {"top_n": 4}}],
       "publish": {"path": "x", "revision": "mine"}}, r"publish\.revision names one branch"),
     ({"score": {"scorer": "ifd"}, "select": [{"rule": {"top_n": 3}}, {"rule": {"top_n": 3}}]}, r"the same rule"),
-    ({"score": {"scorer": "ifd"}, "run": {"part_rows": 0}}, r"run\.part_rows must be at least 1"),
+    ({"score": {"scorer": "ifd"}, "run": {"part_rows": 0}}, r"run\.part_rows must be an integer >= 1, got 0"),
 ])
 def test_bad_values_are_named(data, message):
     with pytest.raises(RecipeError, match=message):

@@ -8,10 +8,10 @@ import datasets
 import numpy as np
 import pytest
 
-from hf_prospector.runner import (RunMismatchError, RunWarning, nan_summary, plan, process_state,
-                                  require_unique_row_ids, score_run, work_dir)
+from hf_prospector.runner import RunMismatchError, RunWarning, nan_summary, plan, process_state, score_run, work_dir
 from hf_prospector.scorers import IFD_COLUMNS, IFDScorer
 from hf_prospector.sources import load_rows
+from hf_prospector.utils import require_unique_row_ids
 from tests.cli.counting import CountingScorer, ScorerFailed
 
 N_ROWS = 10
@@ -162,7 +162,7 @@ def test_nan_summary_counts_rows_and_reasons():
 
 
 def test_bad_run_settings_are_refused(rows, tiny_model_dir, tmp_path):
-    with pytest.raises(ValueError, match="part_rows must be a positive int"):
+    with pytest.raises(ValueError, match="part_rows must be an integer >= 1, got 0"):
         run(rows, scorer(tiny_model_dir), tmp_path / "out", part_rows=0)
 
 

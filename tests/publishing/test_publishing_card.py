@@ -105,7 +105,7 @@ def test_rows_with_no_finite_score_get_a_table_line_but_no_figure(tmp_path):
 
 @pytest.mark.parametrize("selected, scored_ids, message", [
     ({"row_id": [1, 9]}, [1, 2, 3], "not in the scored dataset"),
-    ({"row_id": [1]}, [1, 1, 3], "appears twice"),
+    ({"row_id": [1]}, [1, 1, 3], r"scored dataset: column 'row_id' repeats the value 1 \(rows 0 and 1\)"),
 ])
 def test_row_id_problems_are_named(tmp_path, selected, scored_ids, message):
     scored = Dataset.from_dict({"row_id": scored_ids, "ifd": [0.5] * len(scored_ids)})

@@ -114,7 +114,7 @@ def test_mismatched_row_ids_name_the_rows():
 def test_repeated_row_ids_are_an_error():
     a = scored([.1, .2, .3], row_id=[0, 1, 2])
     b = scored([.1, .2, .3], row_id=[0, 1, 1])
-    with pytest.raises(ValueError, match=r"'B': row_id values repeat, e.g. \[1\]"):
+    with pytest.raises(ValueError, match=r"'B': column 'row_id' repeats the value 1 \(rows 1 and 2\)"):
         compare(a, b)
 
 

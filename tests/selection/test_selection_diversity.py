@@ -163,7 +163,7 @@ def test_fraction_k_and_original_order():
 def test_k_beyond_the_ifd_pool_says_what_to_do():
     with pytest.raises(ValueError, match="after the IFD step.*raise ifd_fraction"):
         superfiltering_d(alpaca_rows(20), k=10, encoder=FakeEncoder(), embedding_column="emb")
-    with pytest.raises(ValueError, match=r"k must be an int in \[1, 20\]"):
+    with pytest.raises(ValueError, match=r"k must be an integer from 1 to 20, got 21"):
         select_diverse(alpaca_rows(20), 21, encoder=FakeEncoder(), embedding_column="emb")
 
 

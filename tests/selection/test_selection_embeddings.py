@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from datasets import Dataset, load_from_disk
 
-from hf_prospector import embeddings
+from hf_prospector import models
 from hf_prospector.embeddings import cache_column, default_embedding_column, embed_column, embedding_matrix
 
 from .spies import FakeEncoder, Spy
@@ -70,7 +70,7 @@ def test_embedding_matrix_errors_name_the_rows():
 @pytest.mark.real_model
 def test_default_encoder_by_name_is_minilm(minilm, monkeypatch):
     spy = Spy(minilm)
-    monkeypatch.setattr(embeddings, "load_encoder", lambda name: spy if name is None else pytest.fail(name))
+    monkeypatch.setattr(models, "load_encoder", lambda name: spy if name is None else pytest.fail(name))
     ds = embed_column(Dataset.from_dict(ROWS))
     vectors = embedding_matrix(ds, "embedding_all-minilm-l6-v2")
     assert vectors.shape == (3, 384) and spy.calls == 1

@@ -163,8 +163,10 @@ def test_report_to_dict_and_chaining():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({}, "exactly one"), ({"top_n": 3, "threshold": 0.5}, "exactly one"), ({"top_n": 0}, "positive"),
-    ({"top_n": 2.5}, "positive"), ({"top_fraction": 0.0}, "fraction"), ({"top_fraction": 2}, "fraction"),
+    ({}, "exactly one"), ({"top_n": 3, "threshold": 0.5}, "exactly one"),
+    ({"top_n": 0}, "top_n must be an integer >= 1, got 0"),
+    ({"top_n": 2.5}, r"top_n must be an integer >= 1, got 2.5 \(float\)"),
+    ({"top_fraction": 0.0}, "fraction"), ({"top_fraction": 2}, "fraction"),
     ({"threshold": NAN}, "finite"),
 ])
 def test_bad_rules_are_refused(kwargs, match):
