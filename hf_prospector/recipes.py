@@ -13,8 +13,9 @@ A recipe has these sections; only ``score`` is required::
     show: 10                                                     # score-table rows to print
 
 :func:`load_recipe` reads and checks it: an unknown key, a wrong type or a bad value is an error that
-names the file, the key (``score.template``, ``select[1].rule.top_fraction``) and what is allowed. Relative
-paths are relative to the working directory, where the command runs.
+names the file, the key (``score.template``, ``select[1].rule.top_fraction``) and what is allowed; the
+scorer checks its own settings. Relative paths are relative to the working directory, where the command
+runs. :func:`hf_prospector.pipeline.run_recipe` runs it.
 """
 
 from __future__ import annotations

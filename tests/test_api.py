@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -35,7 +36,7 @@ print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]), file=sys.stderr)
 
 def loaded_after(code: str) -> tuple[list[str], str]:
     job = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert job.returncode == 0, job.stderr
     return json.loads(job.stderr.strip().splitlines()[-1]), job.stdout
 
