@@ -1,6 +1,6 @@
 """The ``hf-prospector`` command line (also ``python -m hf_prospector``).
 
-Each subcommand is a thin layer over the library:
+Each subcommand parses its options, calls the library and prints:
 
 * ``score``   add IFD or golden-score columns; resumable, and split over processes under
   ``torchrun``/``accelerate launch`` (see :mod:`hf_prospector.runner`);
@@ -9,10 +9,10 @@ Each subcommand is a thin layer over the library:
 * ``card``    write a dataset card for scored and selected rows;
 * ``publish`` publish selected rows to a local git dataset repository or the Hub;
 * ``report``  compare two scorings of the same rows, or assess scored datasets side by side;
-* ``run``     run a YAML recipe (see :mod:`hf_prospector.recipes`): score, select, publish.
+* ``run``     run a YAML recipe (see :mod:`hf_prospector.recipes` and :mod:`hf_prospector.pipeline`).
 
 Inputs are Hub ids, json/jsonl/parquet/csv files, saved datasets or ``demo``; outputs are saved-dataset
-folders, or ``.parquet`` files.
+folders, or ``.parquet`` files. torch and datasets load inside the commands, so ``--help`` answers at once.
 """
 
 from __future__ import annotations
@@ -22,12 +22,10 @@ import os
 import sys
 import textwrap
 import traceback
-from datetime import datetime, timezone
 from pathlib import Path
 
 from .recipes import (DiversitySpec, InputSpec, PublishSpec, Recipe, RefineSpec, RunSpec, ScoreSpec, SelectSpec,
-                      check_recipe, load_recipe)
-from .runner import DEFAULT_BATCH_SIZE, DEFAULT_PART_ROWS, DEFAULT_PART_SECONDS
+                      load_recipe)
 from .sources import load_rows, save_rows
 from .utils import ROW_ID
 
@@ -35,128 +33,42 @@ from .utils import ROW_ID
 TABLE_COLUMNS = {"ifd": ("ifd", "ifd_loss", "ppl_cond", "ppl_uncond", "n_response_tokens"),
                  "gold": ("gold_score", "gold_delta", "gold_wins", "n_tasks")}
 NOTE_COLUMNS = {"ifd": "ifd_note", "gold": "gold_note"}
+RUN_DEFAULTS = RunSpec()  # the runner's defaults, without importing it (and datasets) for --help
 
 
-# -- steps shared by the subcommands and recipes ----------------------------------------------------------
-def load_input(spec: InputSpec):
-    """``(rows, name)``: a Dataset (IterableDataset when streaming) and how the manifest and card name it."""
-    rows = load_rows(spec.source, split=spec.split, streaming=spec.streaming)
-    name = f"{spec.source} (split {spec.split})"
-    if spec.limit is not None:
-        rows = rows.take(spec.limit) if spec.streaming else rows.select(range(min(spec.limit, len(rows))))
-        name += f", first {spec.limit} rows"
-    return rows, name
+# -- printing -------------------------------------------------------------------------------------------
+def print_step(step, result) -> None:
+    """What a recipe step did (``on_step`` of :func:`hf_prospector.pipeline.run_recipe`)."""
+    from .pipeline import PublishStep, ScoreStep, SelectStep
+
+    if isinstance(step, ScoreStep):
+        if result.recipe.show:
+            print_table(result.scored, step.spec, result.recipe.show)
+        print(f"\n{result.summary.to_text()}")
+    elif isinstance(step, SelectStep):
+        print_selection(result.selections[-1].spec, result.selections[-1].report)
+    elif isinstance(step, PublishStep):
+        chosen = result.selections[step.index]
+        print_publication(chosen.rows, chosen.publication)
 
 
-def build_scorer(spec: ScoreSpec):
-    """The scorer a :class:`ScoreSpec` names; for ``gold``, its task set is loaded (and refined) first."""
-    from .scorers import GoldScorer, IFDScorer
-
-    kwargs = spec.scorer_kwargs()
-    if spec.scorer == "ifd":
-        return IFDScorer(**kwargs)
-    from .tasksets import load_task_set, refine_task_set
-
-    # A refined set is checked for empty answers when GoldScorer loads it.
-    tasks = load_task_set(spec.task_set, require_answers=spec.refine_task_set is None)
-    if spec.refine_task_set is not None:
-        r = spec.refine_task_set
-        tasks = refine_task_set(tasks, k=r.k, sample=r.sample, encoder=r.encoder, seed=r.seed)
-    return GoldScorer(**{**kwargs, "task_set": tasks})
-
-
-def score_step(inp: InputSpec, spec: ScoreSpec, run: RunSpec, fresh: bool = False, show: int = 10):
-    """Score the input into ``run.output``; prints a score table and a summary in the main process.
-
-    Returns ``(scored, scorer, source name)``; ``scored`` is None in the other processes of a launch.
-    """
-    from .runner import process_state, score_run
-
-    state = process_state()
-    with state.main_process_first():  # the main process fills the datasets cache; the others reuse it
-        rows, name = load_input(inp)
-        scorer = build_scorer(spec)
-    scored, summary = score_run(rows, scorer, run.output, source_name=name, batch_size=run.batch_size,
-                                part_rows=run.part_rows, part_seconds=run.part_seconds, fresh=fresh,
-                                overwrite=run.overwrite)
-    if scored is not None:
-        if show:
-            print_table(scored, spec, show)
-        print(f"\n{summary.to_text()}")
-    return scored, scorer, name
-
-
-def select_step(scored, spec: SelectSpec):
-    """``(selected, report)`` for one selection; prints the report."""
-    from .embeddings import cache_column
-    from .selection import fraction_count, select, select_diverse
-
-    if spec.diversity is None:
-        selected, report = select(scored, spec.rule)
-    else:
-        k = spec.diversity.k
-        k = fraction_count(k, len(scored)) if isinstance(k, float) else k
-        pool, first = select(scored, spec.rule, order="original")
-        if not 1 <= k <= len(pool):
-            raise ValueError(f"diversity.k={spec.diversity.k} asks for {k} rows, but the rule {spec.rule.name} kept "
-                             f"{len(pool)} ({first.note}); lower k or loosen the rule")
-        selected, second = select_diverse(pool, k, encoder=spec.diversity.encoder)
-        selected = selected.remove_columns(cache_column(spec.diversity.encoder))
-        report = first.followed_by(second)
+def print_selection(spec: SelectSpec, report) -> None:
     dropped = ", ".join(f"{n} {reason}" for reason, n in report.dropped.items() if n)
     print(f"\nselection {spec.slug}: kept {report.kept} of {report.considered} rows "
           f"({report.eligible} eligible; dropped: {dropped or 'none'}). {report.note}")
     if spec.output:
-        save_rows(selected, spec.output)
         print(f"selected rows saved to {spec.output}")
-    return selected, report
 
 
-def publish_step(selected, scored, target: PublishSpec, provenance: dict, thresholds: dict | None):
-    """Publish one selection to ``target.path`` (local git repository) or ``target.hub``; prints where."""
-    from .publishing import publish, publish_local
-
-    if len(selected) == 0 and target.allow_empty:
+def print_publication(selected, where) -> None:
+    if len(selected) == 0:  # publish refuses this unless allow_empty was set
         print("warning: publishing a selection with 0 rows (allow_empty is set)", file=sys.stderr)
-    if target.path is not None:
-        where = publish_local(selected, target.path, target.revision, scored=scored, provenance=provenance,
-                              thresholds=thresholds, license=target.license, allow_empty=target.allow_empty)
-    else:
-        where = publish(selected, target.hub, target.revision, create_pr=target.create_pr, private=target.private,
-                        scored=scored, provenance=provenance, thresholds=thresholds, license=target.license,
-                        allow_empty=target.allow_empty)
     if where.unchanged:
         print(f"revision {where.revision} of {where.location} already holds these {len(selected)} rows and this card "
               f"(commit {where.commit[:10]}); nothing to commit")
     else:
         print(f"published {len(selected)} rows to {where.location}, revision {where.revision} "
               f"(commit {where.commit[:10]}){', ' + where.pr_url if where.pr_url else ''}")
-    return where
-
-
-def selection_provenance(source: str, scorer, spec: SelectSpec, report, recipe: str | None = None) -> dict:
-    """The facts a card and commit message record for one selection."""
-    settings = dict(scorer.settings())
-    facts = {"source": source, "scorer": settings.pop("scorer"), "model": settings.pop("model"),
-             "model_revision": settings.pop("revision"), **settings,
-             "selection_rule": spec.rule.describe() + (f" Then facility location to {report.kept} rows."
-                                                      if spec.diversity else ""),
-             "selection_rule_slug": spec.slug, "selection_note": report.note,
-             "published_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
-    if recipe:
-        facts["recipe"] = recipe
-    return {k: v for k, v in facts.items() if v is not None}
-
-
-def effective_threshold(selected, spec: SelectSpec) -> dict | None:
-    """The cut the selection made on its score column, for the card's histogram."""
-    rule = spec.rule
-    if rule.threshold is not None:
-        return {rule.column: rule.threshold}
-    if len(selected) == 0 or spec.diversity is not None:
-        return None
-    values = selected[rule.column]
-    return {rule.column: float(max(values) if rule.lowest else min(values))}
 
 
 def print_table(ds, spec: ScoreSpec, limit: int, width: int = 44) -> None:
@@ -181,6 +93,8 @@ def print_table(ds, spec: ScoreSpec, limit: int, width: int = 44) -> None:
 
 # -- subcommands -----------------------------------------------------------------------------------------
 def cmd_score(args) -> None:
+    from .pipeline import run_recipe
+
     refine = None if args.refine_k is None else RefineSpec(args.refine_k, args.refine_sample, args.refine_seed,
                                                            args.encoder)
     columns = _pairs(args.columns, "--columns") if args.columns else None
@@ -190,9 +104,9 @@ def cmd_score(args) -> None:
                         args.task_set, args.task_max_length, refine,
                         compile=args.compile),
         input=InputSpec(args.input, args.split, args.streaming, args.limit),
-        run=RunSpec(args.output, args.batch_size, args.part_rows, args.part_seconds, args.overwrite))
-    check_recipe(recipe)
-    score_step(recipe.input, recipe.score, recipe.run, fresh=args.fresh, show=args.show)
+        run=RunSpec(args.output, args.batch_size, args.part_rows, args.part_seconds, args.overwrite),
+        show=args.show)
+    run_recipe(recipe, fresh=args.fresh, on_step=print_step)
 
 
 def cmd_taskset(args) -> None:
@@ -207,13 +121,16 @@ def cmd_taskset(args) -> None:
 
 
 def cmd_select(args) -> None:
+    from .pipeline import select_rows
     from .selection import SelectionRule
 
     rule = SelectionRule(column=args.column, top_fraction=args.top_fraction, top_n=args.top_n,
                          threshold=args.threshold, lowest=args.lowest,
                          ifd_max=None if args.no_ifd_max else args.ifd_max, ifd_max_inclusive=args.ifd_max_inclusive)
     diversity = None if args.diversity is None else DiversitySpec(args.diversity, args.encoder)
-    select_step(load_rows(args.scored, what="scored dataset"), SelectSpec(rule, diversity, args.output))
+    spec = SelectSpec(rule, diversity, args.output)
+    _, report = select_rows(load_rows(args.scored, what="scored dataset"), spec)
+    print_selection(spec, report)
 
 
 def cmd_card(args) -> None:
@@ -226,13 +143,16 @@ def cmd_card(args) -> None:
 
 
 def cmd_publish(args) -> None:
+    from .pipeline import publish_rows
+
     target = PublishSpec(path=None if args.hub else args.target, hub=args.target if args.hub else None,
                          revision=args.revision, create_pr=args.create_pr, private=args.private, license=args.license,
                          allow_empty=args.allow_empty)
     scored = load_rows(args.scored, what="scored dataset") if args.scored else None
     facts = {"source": args.source or args.selected, "selection_rule_slug": args.rule}
     selected = load_rows(args.selected, what="selection")
-    publish_step(selected, scored, target, {k: v for k, v in facts.items() if v}, None)
+    where = publish_rows(selected, target, scored=scored, provenance={k: v for k, v in facts.items() if v})
+    print_publication(selected, where)
 
 
 def cmd_report(args) -> None:
@@ -260,24 +180,12 @@ def cmd_run(args) -> None:
         print(f"{args.recipe}: valid ({recipe.score.scorer} scorer, model {recipe.score.model or 'default'}, "
               f"{len(recipe.select)} selection(s))")
         return
+    from .pipeline import run_recipe
     from .runner import process_state
 
-    recipe.run.overwrite = recipe.run.overwrite or args.overwrite
     if recipe.description and process_state().is_main_process:
         print(recipe.description)
-    scored, scorer, source = score_step(recipe.input, recipe.score, recipe.run, fresh=args.fresh, show=recipe.show)
-    if scored is None:  # not the main process: its share of the scoring is done
-        return
-    selections = [(spec, *select_step(scored, spec)) for spec in recipe.select]
-    if recipe.publish is None:
-        return
-    empty = [spec.slug for spec, selected, _ in selections if len(selected) == 0]
-    if empty and not recipe.publish.allow_empty:  # refused before anything is published
-        raise ValueError(f"selection {', '.join(empty)} kept 0 rows: nothing published; loosen the rule, or set "
-                         f"publish.allow_empty: true in {args.recipe} to publish empty revisions")
-    for spec, selected, report in selections:
-        facts = selection_provenance(source, scorer, spec, report, recipe=str(args.recipe))
-        publish_step(selected, scored, recipe.publish, facts, effective_threshold(selected, spec))
+    run_recipe(recipe, fresh=args.fresh, overwrite=args.overwrite, recipe_file=str(args.recipe), on_step=print_step)
 
 
 # -- the parser ------------------------------------------------------------------------------------------
@@ -364,12 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="score only the first N rows")
     p.add_argument("--output", default="prospector_out/scored",
                    help="saved-dataset folder or .parquet file (default prospector_out/scored)")
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
-                   help=f"rows per scorer call (default {DEFAULT_BATCH_SIZE})")
-    p.add_argument("--part-rows", type=int, default=DEFAULT_PART_ROWS,
-                   help=f"rows per saved part (block) (default {DEFAULT_PART_ROWS})")
-    p.add_argument("--part-seconds", type=float, default=DEFAULT_PART_SECONDS,
-                   help=f"save finished rows at least this often (default {DEFAULT_PART_SECONDS:g})")
+    p.add_argument("--batch-size", type=int, default=RUN_DEFAULTS.batch_size,
+                   help=f"rows per scorer call (default {RUN_DEFAULTS.batch_size})")
+    p.add_argument("--part-rows", type=int, default=RUN_DEFAULTS.part_rows,
+                   help=f"rows per saved part (block) (default {RUN_DEFAULTS.part_rows})")
+    p.add_argument("--part-seconds", type=float, default=RUN_DEFAULTS.part_seconds,
+                   help=f"save finished rows at least this often (default {RUN_DEFAULTS.part_seconds:g})")
     p.add_argument("--fresh", action="store_true", help="discard the saved parts of an earlier run")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing --output that a run here did not write (refused otherwise)")

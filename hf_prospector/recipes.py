@@ -13,13 +13,16 @@ A recipe has these sections; only ``score`` is required::
     show: 10                                                     # score-table rows to print
 
 :func:`load_recipe` reads and checks it: an unknown key, a wrong type or a bad value is an error that
-names the file, the key (``score.template``, ``select[1].rule.top_fraction``) and what is allowed. Relative
-paths are relative to the working directory, where the command runs.
+names the file, the key (``score.template``, ``select[1].rule.top_fraction``) and what is allowed; the
+scorer checks its own settings. Relative paths are relative to the working directory, where the command
+runs. :func:`hf_prospector.pipeline.run_recipe` runs it.
 """
 
 from __future__ import annotations
 
 import difflib
+import inspect
+import re
 import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
@@ -169,35 +172,7 @@ def parse_recipe(data: Any, where: str = "recipe") -> Recipe:
 # -- checking -------------------------------------------------------------------------------------------
 def check_recipe(recipe: Recipe) -> None:
     """Values that are well-typed but cannot work together (the command line checks its options with it too)."""
-    score = recipe.score
-    if score.scorer not in SCORERS:
-        raise RecipeError(f"score.scorer: unknown scorer {score.scorer!r}; allowed: {', '.join(SCORERS)}")
-    only = {"ifd": ("min_response_tokens",), "gold": ("task_set", "task_max_length", "refine_task_set")}
-    for scorer, keys in only.items():
-        for key in keys:
-            if scorer != score.scorer and getattr(score, key) is not None:
-                raise RecipeError(f"score.{key} applies to scorer {scorer!r} only, not {score.scorer!r}")
-    if score.scorer == "gold":
-        if score.task_set is None:
-            raise RecipeError("score.task_set is required for scorer 'gold' (a file, saved dataset or Hub id of tasks)")
-        from .scorers.gold import GOLD_CONVENTIONS
-
-        if score.convention is not None and score.convention not in GOLD_CONVENTIONS:
-            raise RecipeError(f"score.convention: {score.convention!r} is not a gold convention; "
-                              f"allowed: {', '.join(GOLD_CONVENTIONS)}")
-    else:
-        from .scorers import IFDScorer
-
-        try:  # cheap: the model loads on first use, so this checks the settings alone
-            IFDScorer(**score.scorer_kwargs())
-        except (ValueError, TypeError) as err:
-            raise RecipeError(f"score: {err}") from None
-    from .engine import resolve_compile
-
-    try:
-        resolve_compile(score.compile)
-    except ValueError as err:
-        raise RecipeError(f"score.{err}") from None
+    check_score(recipe.score)
     for name in ("batch_size", "part_rows"):
         require_int(f"run.{name}", getattr(recipe.run, name), 1, error=RecipeError)
     if recipe.run.part_seconds < 0:
@@ -226,6 +201,56 @@ def check_recipe(recipe: Recipe) -> None:
     if len(set(slugs)) < len(slugs):
         raise RecipeError(f"two selections are the same rule ({slugs}); each needs its own")
     _check_paths(recipe)
+
+
+def scorer_class(name: str) -> type:
+    """The scorer class a recipe's ``score.scorer`` names."""
+    from .scorers import GoldScorer, IFDScorer
+
+    classes = {"ifd": IFDScorer, "gold": GoldScorer}
+    if name not in classes:
+        raise RecipeError(f"score.scorer: unknown scorer {name!r}; allowed: {', '.join(SCORERS)}")
+    return classes[name]
+
+
+def check_score(score: ScoreSpec) -> None:
+    """The scorer checks its own settings: it is built from them here (cheap: the model and a gold task set load
+    on first use), and its error is reported under the recipe key it names."""
+    cls = scorer_class(score.scorer)
+    kwargs = score.scorer_kwargs()
+    given = list(kwargs) + (["refine_task_set"] if score.refine_task_set is not None else [])
+    for key in given:
+        needs = "task_set" if key == "refine_task_set" else key  # refining needs a scorer that takes a task set
+        if needs not in _settings_of(cls):
+            takes = [name for name in SCORERS if needs in _settings_of(scorer_class(name))]
+            raise RecipeError(f"score.{key} applies to scorer {' or '.join(map(repr, takes))} only, "
+                              f"not {score.scorer!r}")
+    try:
+        cls(**kwargs)
+    except (OSError, ImportError):
+        pass  # a task set it could not read is no setting: the run reports it (a missing local file: just below)
+    except (ValueError, TypeError) as err:
+        keys = [f.name for f in fields(ScoreSpec) if f.name != "scorer"]
+        raise RecipeError(f"{_key_named(str(err), keys)}: {err}") from None
+
+
+def _settings_of(cls: type) -> set[str]:
+    """The keyword arguments a scorer class accepts, through the ``**kwargs`` it hands to its base class."""
+    names = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        parameters = list(inspect.signature(klass.__init__).parameters.values())[1:]
+        names |= {p.name for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            break
+    return names
+
+
+def _key_named(message: str, keys: list[str]) -> str:
+    """``score.<key>`` for the setting a scorer's message names first (``score`` when it names none)."""
+    found = [(match.start(), key) for key in keys if (match := re.search(rf"\b{key}\b", message))]
+    return f"score.{min(found)[1]}" if found else "score"
 
 
 def _check_paths(recipe: Recipe) -> None:

@@ -30,6 +30,7 @@ import numpy as np
 from datasets import Dataset
 from scipy import stats
 
+from hf_prospector._lazy import lazy_attributes
 from hf_prospector.formats import ColumnMapping, batch_to_examples
 from hf_prospector.selection import SelectionReport, SelectionRule, select, superfiltering
 from hf_prospector.selection.rules import IFD_OUT_OF_RANGE, score_column
@@ -38,7 +39,7 @@ from hf_prospector.utils import (ROW_ID, format_number, markdown_table, new_figu
 
 # Superfiltering defines the perplexity it correlates in Table 1 as PPL(y|x), the response given the
 # instruction; PPL(y) alone is reported too, clearly labelled.
-SCORE_COLUMNS = {
+REPORT_COLUMNS = {
     "ppl_cond": "perplexity of the response given the instruction (the paper's Perplexity)",
     "ppl_uncond": "perplexity of the response alone",
     "ifd": "IFD = ppl_cond / ppl_uncond",
@@ -86,7 +87,7 @@ class ComparisonReport:
 
     def to_markdown(self) -> str:
         a, b = self.names
-        corr_rows = [[f"`{col}`: {SCORE_COLUMNS[col]}", format_number(c.spearman), format_number(c.kendall),
+        corr_rows = [[f"`{col}`: {REPORT_COLUMNS[col]}", format_number(c.spearman), format_number(c.kendall),
                       c.rows_used, c.rows_excluded] for col, c in self.correlations.items()]
         overlap_rows = [[f"{o.fraction:.0%}", f"`{o.rule}`", o.selected_a, o.selected_b, o.common,
                          format_number(o.overlap)] for o in self.overlaps]
@@ -147,7 +148,7 @@ class AssessmentReport:
 
     def to_markdown(self) -> str:
         parts = ["# Dataset assessment", "## Summary statistics"]
-        for col, label in SCORE_COLUMNS.items():
+        for col, label in REPORT_COLUMNS.items():
             rows = [[name, s.count, s.missing, *(format_number(getattr(s, k)) for k in _STAT_NAMES)]
                     for name, d in self.datasets.items() for s in [d.scores[col]]]
             parts += [f"`{col}`: {label}", markdown_table(["dataset", "finite", "NaN or inf", *_STAT_NAMES], rows)]
@@ -171,8 +172,8 @@ class AssessmentReport:
 _STAT_NAMES = ("mean", "std", "min", "q25", "median", "q75", "max")
 
 
-def compare(a: Dataset, b: Dataset, names: tuple[str, str] = ("A", "B"), out_dir: str | Path | None = None,
-            fractions: tuple[float, ...] = (0.05, 0.10, 0.15), *,
+def compare(a: Dataset, b: Dataset, *, names: tuple[str, str] = ("A", "B"), out_dir: str | Path | None = None,
+            fractions: tuple[float, ...] = (0.05, 0.10, 0.15),
             selection: RuleFactory = superfiltering) -> ComparisonReport:
     """Compare the scores of the same rows from two scorers (two models, or two settings).
 
@@ -187,7 +188,7 @@ def compare(a: Dataset, b: Dataset, names: tuple[str, str] = ("A", "B"), out_dir
         _require_columns(ds, name)
     pos_a, pos_b, matched_by = _match_rows(a, b, names)
     correlations = {col: _correlate(score_column(a, col)[pos_a], score_column(b, col)[pos_b])
-                     for col in SCORE_COLUMNS}
+                     for col in REPORT_COLUMNS}
 
     a_index_of_b = np.empty(len(b), dtype=int)  # B's row position -> position of the same row in A
     a_index_of_b[pos_b] = pos_a
@@ -211,7 +212,7 @@ def compare(a: Dataset, b: Dataset, names: tuple[str, str] = ("A", "B"), out_dir
     return report
 
 
-def assess(datasets: Mapping[str, Dataset], out_dir: str | Path | None = None, *, fraction: float = 0.05,
+def assess(datasets: Mapping[str, Dataset], *, out_dir: str | Path | None = None, fraction: float = 0.05,
            words: int = 10, selection: RuleFactory = superfiltering,
            mapping: ColumnMapping | None = None) -> AssessmentReport:
     """Describe several scored datasets side by side.
@@ -231,7 +232,7 @@ def assess(datasets: Mapping[str, Dataset], out_dir: str | Path | None = None, *
         top, kept = _kept_positions(ds, rule)
         bottom, _ = _kept_positions(ds, replace(rule, lowest=True))
         results[name] = DatasetAssessment(
-            rows=len(ds), scores={col: _summary(score_column(ds, col)) for col in SCORE_COLUMNS},
+            rows=len(ds), scores={col: _summary(score_column(ds, col)) for col in REPORT_COLUMNS},
             out_of_range=kept.dropped.get(IFD_OUT_OF_RANGE, 0), top_rows=len(top), bottom_rows=len(bottom),
             top_words=_leading_words(ds, top, mapping).most_common(words),
             bottom_words=_leading_words(ds, bottom, mapping).most_common(words))
@@ -259,7 +260,7 @@ def leading_word(instruction: str) -> str:
 
 
 def _require_columns(ds: Dataset, name: str) -> None:
-    missing = [c for c in SCORE_COLUMNS if c not in ds.column_names]
+    missing = [c for c in REPORT_COLUMNS if c not in ds.column_names]
     if missing:
         raise ValueError(f"dataset {name!r} lacks the score columns {missing} (columns: {ds.column_names}); "
                          "score it with the IFD scorer first.")
@@ -377,3 +378,6 @@ def _json_ready(value):
     if isinstance(value, Path):
         return str(value)
     return value
+
+
+__getattr__, __dir__ = lazy_attributes(__name__, renamed={"SCORE_COLUMNS": "REPORT_COLUMNS"})

@@ -5,12 +5,14 @@
 * :mod:`.hub` — the Hugging Face Hub: ``push_to_hub`` on a branch or pull request, then the card.
 """
 
-from hf_prospector.publishing.card import (SCORE_COLUMNS, Provenance, Publication, commit_message, default_revision,
+from hf_prospector._lazy import lazy_attributes
+from hf_prospector.publishing.card import (CARD_COLUMNS, Provenance, Publication, commit_message, default_revision,
                                            make_card, score_stats, write_card)
 from hf_prospector.publishing.hub import PublishError, publish
 from hf_prospector.publishing.local import (GitError, LocalRevision, checkout_revision, init_repository,
                                             list_revisions, publish_local)
 
-__all__ = ["SCORE_COLUMNS", "Provenance", "Publication", "commit_message", "default_revision", "make_card",
+__all__ = ["CARD_COLUMNS", "Provenance", "Publication", "commit_message", "default_revision", "make_card",
            "score_stats", "write_card", "PublishError", "publish", "GitError", "LocalRevision",
            "checkout_revision", "init_repository", "list_revisions", "publish_local"]
+__getattr__, __dir__ = lazy_attributes(__name__, renamed={"SCORE_COLUMNS": "CARD_COLUMNS"})

@@ -26,9 +26,10 @@ from huggingface_hub import DatasetCard, DatasetCardData
 import hf_prospector
 from hf_prospector.utils import (ROW_ID, float_column, format_number, markdown_table, new_figure, numeric_kind,
                                  require_unique_row_ids, violin_figure)
+from hf_prospector._lazy import lazy_attributes
 
 # Score columns the library writes, in the order the card shows them.
-SCORE_COLUMNS = ("ifd", "ifd_loss", "ppl_cond", "ppl_uncond", "loss_cond", "loss_uncond", "gold_score", "gold_delta")
+CARD_COLUMNS = ("ifd", "ifd_loss", "ppl_cond", "ppl_uncond", "loss_cond", "loss_uncond", "gold_score", "gold_delta")
 # Provenance keys in the order the card and the commit message show them; other keys follow, sorted.
 PROVENANCE_ORDER = ("source", "source_revision", "fingerprint", "scorer", "model", "model_revision", "template",
                     "convention", "max_length", "selection_rule", "selection_rule_slug", "rows_in", "rows_selected",
@@ -121,9 +122,9 @@ def default_revision(provenance: Mapping[str, Any], now: datetime | None = None)
 
 
 # -- statistics -----------------------------------------------------------------------------------------------
-def score_columns(ds: Dataset, requested: list[str] | None = None) -> list[str]:
-    """The numeric score columns of ``ds``: ``requested``, else those of :data:`SCORE_COLUMNS` present."""
-    names = requested if requested is not None else [c for c in SCORE_COLUMNS if c in ds.column_names]
+def card_columns(ds: Dataset, requested: list[str] | None = None) -> list[str]:
+    """The numeric score columns the card shows: ``requested``, else those of :data:`CARD_COLUMNS` in ``ds``."""
+    names = requested if requested is not None else [c for c in CARD_COLUMNS if c in ds.column_names]
     for name in names:
         if name not in ds.column_names:
             raise ValueError(f"score column {name!r} is not in the dataset (columns: {ds.column_names})")
@@ -205,9 +206,9 @@ def _ifd_violin(populations: Populations, threshold: float | None, path: Path) -
 
 
 # -- the card -------------------------------------------------------------------------------------------------
-def make_card(scored: Dataset | None, selected: Dataset | DatasetDict | None, provenance: Mapping[str, Any] | None,
-              out_dir: str | Path, thresholds: Mapping[str, float] | None = None, license: str | None = None,
-              columns: list[str] | None = None) -> DatasetCard:
+def make_card(scored: Dataset | None, out_dir: str | Path, *, selected: Dataset | DatasetDict | None = None,
+              provenance: Mapping[str, Any] | None = None, thresholds: Mapping[str, float] | None = None,
+              license: str | None = None, columns: list[str] | None = None) -> DatasetCard:
     """The card of ``selected`` chosen from ``scored``; figures go to ``out_dir/figures`` and are linked relatively.
 
     Either dataset may be None: ``selected=None`` describes a scored dataset, ``scored=None`` the selected
@@ -221,7 +222,7 @@ def make_card(scored: Dataset | None, selected: Dataset | DatasetDict | None, pr
     if selected is not None:
         splits = list(as_dataset_dict(selected).values())
         chosen = splits[0] if len(splits) == 1 else concatenate_datasets(splits)
-    names = score_columns(scored if scored is not None else chosen, columns)
+    names = card_columns(scored if scored is not None else chosen, columns)
     thresholds = dict(thresholds or {})
     unknown = [c for c in thresholds if c not in names]
     if unknown:
@@ -289,11 +290,16 @@ def _as_list(value) -> list:
     return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-def write_card(scored: Dataset | None, out_dir: str | Path, selected: Dataset | DatasetDict | None = None,
+def write_card(scored: Dataset | None, out_dir: str | Path, *, selected: Dataset | DatasetDict | None = None,
                provenance: Mapping[str, Any] | None = None, thresholds: Mapping[str, float] | None = None,
                license: str | None = None, columns: list[str] | None = None) -> Path:
     """The ``card`` command without publishing: ``out_dir/README.md`` and ``out_dir/figures/*.png``."""
-    card = make_card(scored, selected, provenance, out_dir, thresholds, license, columns)
+    card = make_card(scored, out_dir, selected=selected, provenance=provenance, thresholds=thresholds, license=license,
+                     columns=columns)
     path = Path(out_dir) / "README.md"
     card.save(path)
     return path
+
+
+__getattr__, __dir__ = lazy_attributes(__name__, renamed={"SCORE_COLUMNS": "CARD_COLUMNS",
+                                                         "score_columns": "card_columns"})

@@ -82,10 +82,11 @@ def _hub_license(api: HfApi, source: Any) -> str | None:
     return card_data.license if card_data is not None else None
 
 
-def publish(selected: Dataset | DatasetDict, repo_id: str, revision: str | None = None, create_pr: bool = False,
-            private: bool | None = None, token: str | None = None, *, scored: Dataset | None = None,
-            provenance: Mapping[str, Any] | None = None, thresholds: Mapping[str, float] | None = None,
-            license: str | None = None, allow_default_branch: bool = False, allow_empty: bool = False) -> Publication:
+def publish(selected: Dataset | DatasetDict, repo_id: str, *, revision: str | None = None,
+            scored: Dataset | None = None, provenance: Mapping[str, Any] | None = None,
+            thresholds: Mapping[str, float] | None = None, license: str | None = None,
+            allow_default_branch: bool = False, allow_empty: bool = False, create_pr: bool = False,
+            private: bool | None = None, token: str | None = None) -> Publication:
     """Push ``selected`` (a Dataset = split "train", or a DatasetDict) and its card to dataset repo ``repo_id``.
 
     ``revision`` is the branch (default: :func:`default_revision` of the provenance); with ``create_pr``
@@ -117,7 +118,8 @@ def publish(selected: Dataset | DatasetDict, repo_id: str, revision: str | None 
         with tempfile.TemporaryDirectory() as tmp:
             readme = api.hf_hub_download(repo_id, REPOCARD_NAME, repo_type="dataset", revision=data_commit.oid,
                                          local_dir=Path(tmp) / "pushed")
-            card = merge_card(DatasetCard.load(readme), make_card(scored, splits, facts, tmp, thresholds, license))
+            ours = make_card(scored, tmp, selected=splits, provenance=facts, thresholds=thresholds, license=license)
+            card = merge_card(DatasetCard.load(readme), ours)
             operations = [CommitOperationAdd(REPOCARD_NAME, str(card).encode())]
             operations += [CommitOperationAdd(f"{FIGURES_DIR}/{png.name}", str(png))
                            for png in sorted((Path(tmp) / FIGURES_DIR).glob("*.png"))]

@@ -131,7 +131,7 @@ def _write_data(repo: Path, splits: DatasetDict, card: DatasetCard) -> None:
     DatasetInfosDict({"default": info}).to_dataset_card_data(card.data)
 
 
-def publish_local(selected: Dataset | DatasetDict, path: str | Path, revision: str | None = None, *,
+def publish_local(selected: Dataset | DatasetDict, path: str | Path, *, revision: str | None = None,
                   scored: Dataset | None = None, provenance: Mapping[str, Any] | None = None,
                   thresholds: Mapping[str, float] | None = None, license: str | None = None,
                   allow_default_branch: bool = False, allow_empty: bool = False) -> Publication:
@@ -166,7 +166,7 @@ def publish_local(selected: Dataset | DatasetDict, path: str | Path, revision: s
         card = DatasetCard.load(readme) if readme.exists() else DatasetCard("---\n\n---\n")
         _write_data(repo, splits, card)
         shutil.rmtree(repo / FIGURES_DIR, ignore_errors=True)
-        ours = make_card(scored, splits, facts, repo, thresholds, license)
+        ours = make_card(scored, repo, selected=splits, provenance=facts, thresholds=thresholds, license=license)
         merge_card(card, ours).save(readme)
         if not created and not _changes(repo):  # the revision already holds these rows and this card
             return Publication(revision=revision, commit=_git(repo, "rev-parse", "HEAD").stdout.strip(),

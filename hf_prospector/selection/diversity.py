@@ -24,6 +24,7 @@ all-MiniLM-L6-v2 embeddings; cosine similarity here orders neighbours the same w
 from __future__ import annotations
 
 import heapq
+import warnings
 from typing import Any, Callable
 
 import numpy as np
@@ -34,11 +35,10 @@ from sklearn.neighbors import NearestNeighbors
 from ..embeddings import cache_column, embed_column, embedding_matrix
 from ..formats import ColumnMapping
 from ..utils import require_int
-from .rules import SelectionReport, SelectionRule, fraction_count, select
+from .rules import SelectionReport, SelectionRule, check_order, fraction_count, select
 
 DENSE_MAX_ROWS = 5_000
 DEFAULT_NEIGHBORS = 100
-GREEDY_ORDERS = ("greedy", "original")
 
 
 class FacilityLocation:
@@ -50,7 +50,7 @@ class FacilityLocation:
     ``gains`` the marginal gain of each, and ``n_neighbors_`` the neighbours used (None: dense).
     """
 
-    def __init__(self, k: int, n_neighbors: int | None = None):
+    def __init__(self, k: int, *, n_neighbors: int | None = None):
         self.k = require_int("k", k, 1)
         self.n_neighbors = None if n_neighbors is None else require_int("n_neighbors", n_neighbors, 1)
 
@@ -125,23 +125,23 @@ def _lazy_greedy(similarity, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.array(ranking, dtype=np.int64), np.array(gains, dtype=np.float64)
 
 
-def select_diverse(ds: Dataset, k: int, encoder: Any = None, embedding_column: str | None = None,
+def select_diverse(ds: Dataset, k: int, *, encoder: Any = None, embedding_column: str | None = None,
                    text_fn: Callable[[dict], str] | None = None, columns: ColumnMapping | None = None,
-                   n_neighbors: int | None = None, order: str = "greedy",
+                   n_neighbors: int | None = None, order: str = "ranked",
                    batch_size: int = 64) -> tuple[Dataset, SelectionReport]:
     """Facility-location selection of ``k`` rows of ``ds``, embedding them first if needed.
 
+    Rows come ``ranked`` (in greedy order, the best cover first) or in their ``original`` order.
     Adds ``fl_rank`` (0 = first greedy pick) and ``fl_gain`` (its marginal gain). The embeddings come
     from the cached column when ``ds`` has it (see :func:`hf_prospector.embeddings.embed_column`); the
     column stays in the result (``remove_columns`` it before publishing if unwanted).
     """
-    if order not in GREEDY_ORDERS:
-        raise ValueError(f"order must be one of {GREEDY_ORDERS}, got {order!r}")
+    order = check_order(order, "greedy")
     require_int("k", k, 1, len(ds), hint=f"the dataset has {len(ds)} rows to choose from")
     column = cache_column(encoder, embedding_column, text_fn)
     ds = embed_column(ds, encoder, column, text_fn=text_fn, columns=columns, batch_size=batch_size)
-    fl = FacilityLocation(k, n_neighbors).fit(embedding_matrix(ds, column))
-    picked = fl.ranking if order == "greedy" else np.sort(fl.ranking)
+    fl = FacilityLocation(k, n_neighbors=n_neighbors).fit(embedding_matrix(ds, column))
+    picked = fl.ranking if order == "ranked" else np.sort(fl.ranking)
     rank = np.empty(len(ds), dtype=np.int64)
     rank[fl.ranking] = np.arange(k)
     gain = np.zeros(len(ds))
@@ -154,8 +154,8 @@ def select_diverse(ds: Dataset, k: int, encoder: Any = None, embedding_column: s
     return out, report
 
 
-def superfiltering_d(ds: Dataset, k: int | float = 0.02, ifd_fraction: float = 0.2, column: str = "ifd",
-                     **diverse_kwargs) -> tuple[Dataset, SelectionReport]:
+def select_superfiltering_d(ds: Dataset, *, k: int | float = 0.02, ifd_fraction: float = 0.2, column: str = "ifd",
+                            **diverse_kwargs) -> tuple[Dataset, SelectionReport]:
     """Superfiltering.D: the top ``ifd_fraction`` by IFD (IFD < 1), then facility location down to ``k``.
 
     ``k`` is a row count, or a float in (0, 1) for a fraction of all ``len(ds)`` rows (rounded down), as the
@@ -172,3 +172,11 @@ def superfiltering_d(ds: Dataset, k: int | float = 0.02, ifd_fraction: float = 0
                          f"({ifd_report.note}); lower k or raise ifd_fraction")
     out, fl_report = select_diverse(pool, k, **diverse_kwargs)
     return out, ifd_report.followed_by(fl_report)
+
+
+def superfiltering_d(ds: Dataset, k: int | float = 0.02, ifd_fraction: float = 0.2, column: str = "ifd",
+                     **diverse_kwargs) -> tuple[Dataset, SelectionReport]:
+    """Deprecated name of :func:`select_superfiltering_d` (it performs a selection; ``superfiltering`` is a rule)."""
+    warnings.warn("superfiltering_d(ds, k) is now select_superfiltering_d(ds, k=...)", DeprecationWarning,
+                  stacklevel=2)
+    return select_superfiltering_d(ds, k=k, ifd_fraction=ifd_fraction, column=column, **diverse_kwargs)

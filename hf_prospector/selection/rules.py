@@ -28,15 +28,20 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-from datasets import Dataset
 
+from .._lazy import lazy_attributes
 from ..utils import float_column, numeric_kind, require_column, require_int
 
-IFD_COLUMNS = ("ifd", "ifd_loss")
-ORDERS = ("score", "original")
+if TYPE_CHECKING:  # datasets loads when a rule runs, so a recipe can name a rule without it
+    from datasets import Dataset
+
+IFD_RATIO_COLUMNS = ("ifd", "ifd_loss")  # the columns bounded by IFD < 1 (a ratio of the losses)
+ORDERS = ("ranked", "original")  # best first, or the dataset's order
 
 NOT_FINITE = "not_finite"
 IFD_OUT_OF_RANGE = "ifd_out_of_range"
@@ -114,7 +119,7 @@ class SelectionRule:
     @property
     def bounded(self) -> bool:
         """Whether the IFD bound applies (an IFD column and a bound set)."""
-        return self.column in IFD_COLUMNS and self.ifd_max is not None
+        return self.column in IFD_RATIO_COLUMNS and self.ifd_max is not None
 
     @property
     def name(self) -> str:
@@ -126,7 +131,7 @@ class SelectionRule:
         else:
             what = f"{'lt' if self.lowest else 'gt'}{_slug_number(self.threshold)}"
         slug = f"{re.sub(r'[^A-Za-z0-9_-]+', '-', self.column)}-{what}"
-        if self.column in IFD_COLUMNS and (self.ifd_max, self.ifd_max_inclusive) != (1.0, False):
+        if self.column in IFD_RATIO_COLUMNS and (self.ifd_max, self.ifd_max_inclusive) != (1.0, False):
             slug += "-unbounded" if self.ifd_max is None else \
                 f"-{'le' if self.ifd_max_inclusive else 'lt'}{_slug_number(self.ifd_max)}"
         return slug
@@ -148,7 +153,7 @@ class SelectionRule:
         return f"Keeps {what}, among {eligible}{ties}."
 
 
-def superfiltering(fraction: float = 0.1, column: str = "ifd") -> SelectionRule:
+def superfiltering(fraction: float = 0.1, *, column: str = "ifd") -> SelectionRule:
     """Superfiltering (arXiv:2402.00530): the top 5, 10 or 15% by GPT-2 IFD among rows with IFD < 1.
 
     The paper's ``select_data.py`` counts the fraction against all 52,002 Alpaca rows; here it counts
@@ -157,7 +162,7 @@ def superfiltering(fraction: float = 0.1, column: str = "ifd") -> SelectionRule:
     return SelectionRule(column=column, top_fraction=fraction)
 
 
-def cherry(fraction: float = 0.1, column: str = "ifd_loss") -> SelectionRule:
+def cherry(fraction: float = 0.1, *, column: str = "ifd_loss") -> SelectionRule:
     """Cherry LLM (arXiv:2308.12032): the top 5, 10 or 15% by the loss-ratio IFD.
 
     Cherry's ``data_by_IFD.py`` ranks ``mean loss | instruction / mean loss`` (our ``ifd_loss``), drops
@@ -166,15 +171,24 @@ def cherry(fraction: float = 0.1, column: str = "ifd_loss") -> SelectionRule:
     return SelectionRule(column=column, top_fraction=fraction, ifd_max_inclusive=True)
 
 
-def nuggets(threshold: float = 0.85, column: str = "gold_score") -> SelectionRule:
+def nuggets(threshold: float = 0.85, *, column: str = "gold_score") -> SelectionRule:
     """NUGGETS (arXiv:2312.10302): rows whose golden score is above a threshold (0.85 in the paper)."""
     return SelectionRule(column=column, threshold=threshold)
 
 
-def select(ds: Dataset, rule: SelectionRule, order: str = "score") -> tuple[Dataset, SelectionReport]:
-    """Apply ``rule`` to ``ds``; rows come in score order (best first) or their ``original`` order."""
+def check_order(order: str, old: str) -> str:
+    """``order`` as one of :data:`ORDERS`; the function's old word for ``"ranked"`` still works, with a warning."""
+    if order == old:
+        warnings.warn(f'order="{old}" is now order="ranked"', DeprecationWarning, stacklevel=3)
+        return "ranked"
     if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+    return order
+
+
+def select(ds: Dataset, rule: SelectionRule, *, order: str = "ranked") -> tuple[Dataset, SelectionReport]:
+    """Apply ``rule`` to ``ds``; rows come ``ranked`` (best first) or in their ``original`` order."""
+    order = check_order(order, "score")
     scores = score_column(ds, rule.column)
     finite = np.isfinite(scores)
     in_range = np.ones(len(scores), dtype=bool)
@@ -221,3 +235,6 @@ def score_column(ds: Dataset, column: str) -> np.ndarray:
 
 def _slug_number(x: float) -> str:
     return f"{x:.6g}".replace(".", "p").replace("-", "m")
+
+
+__getattr__, __dir__ = lazy_attributes(__name__, renamed={"IFD_COLUMNS": "IFD_RATIO_COLUMNS"})

@@ -3,12 +3,13 @@
 
 import sys
 
-from hf_prospector import cli
+from hf_prospector import cli, pipeline
 from tests.cli.counting import CountingScorer
 
 
 def main(count_file: str, pause: str, *args: str) -> int:
-    cli.build_scorer = lambda spec: CountingScorer(**spec.scorer_kwargs(), count_file=count_file, pause=float(pause))
+    pipeline.build_scorer = lambda spec: CountingScorer(**spec.scorer_kwargs(), count_file=count_file,
+                                                        pause=float(pause))
     return cli.main(list(args))
 
 

@@ -31,7 +31,8 @@ def assert_png(path) -> None:
 def test_card_stats_provenance_and_metadata_match_the_data(tmp_path):
     scored = scored_dataset()
     selected = rows_where(scored, in_band)
-    card = make_card(scored, selected, PROVENANCE, tmp_path, thresholds={"ifd": 0.9}, license="cc-by-nc-4.0")
+    card = make_card(scored, tmp_path, selected=selected, provenance=PROVENANCE, thresholds={"ifd": 0.9},
+                     license="cc-by-nc-4.0")
 
     parsed = DatasetCard(str(card))  # round trip through huggingface_hub's parser
     meta = parsed.data.to_dict()
@@ -54,7 +55,7 @@ def test_card_stats_provenance_and_metadata_match_the_data(tmp_path):
 def test_selected_rows_without_scores_are_matched_by_row_id(tmp_path):
     scored = scored_dataset()
     selected = rows_where(scored, in_band).remove_columns(["ifd", "ppl_cond"]).shuffle(seed=1)
-    card = make_card(scored, selected, PROVENANCE, tmp_path)
+    card = make_card(scored, tmp_path, selected=selected, provenance=PROVENANCE)
     by_id = dict(zip(scored["row_id"], scored["ifd"]))
     assert_stats_match(card.text, {
         ("ifd", "all rows"): scored["ifd"], ("ifd", "selected"): [by_id[r] for r in selected["row_id"]],
@@ -80,7 +81,7 @@ def test_selection_spread_over_splits_is_counted_whole(tmp_path):
     scored = scored_dataset()
     band = rows_where(scored, in_band)
     high = rows_where(scored, lambda row: row["ifd"] >= 1.2)
-    card = make_card(scored, DatasetDict({"train": band, "test": high}), {}, tmp_path)
+    card = make_card(scored, tmp_path, selected=DatasetDict({"train": band, "test": high}), provenance={})
     assert provenance_table(card.text)["rows_selected"] == str(len(band) + len(high))
     assert_stats_match(card.text, {
         ("ifd", "all rows"): scored["ifd"], ("ifd", "selected"): list(band["ifd"]) + list(high["ifd"]),
@@ -98,7 +99,7 @@ def test_score_stats_count_nan_and_infinite_as_missing():
 
 def test_rows_with_no_finite_score_get_a_table_line_but_no_figure(tmp_path):
     ds = Dataset.from_dict({"ifd": [None, None], "gold_score": [0.5, 0.7]})
-    card = make_card(ds, None, {}, tmp_path)
+    card = make_card(ds, tmp_path, provenance={})
     assert "| ifd | all rows | 0 | 2 | n/a |" in card.text
     assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == ["gold_score_histogram.png"]
 
@@ -110,17 +111,17 @@ def test_rows_with_no_finite_score_get_a_table_line_but_no_figure(tmp_path):
 def test_row_id_problems_are_named(tmp_path, selected, scored_ids, message):
     scored = Dataset.from_dict({"row_id": scored_ids, "ifd": [0.5] * len(scored_ids)})
     with pytest.raises(ValueError, match=message):
-        make_card(scored, Dataset.from_dict(selected), {}, tmp_path)
+        make_card(scored, tmp_path, selected=Dataset.from_dict(selected), provenance={})
 
 
 def test_bad_columns_thresholds_and_counts_are_refused(tmp_path):
     scored = Dataset.from_dict({"ifd": [0.5, 0.6], "note": ["a", "b"]})
     with pytest.raises(ValueError, match="'note' is not numeric"):
-        make_card(scored, None, {}, tmp_path, columns=["note"])
+        make_card(scored, tmp_path, provenance={}, columns=["note"])
     with pytest.raises(ValueError, match="thresholds given for \\['gold_score'\\]"):
-        make_card(scored, None, {}, tmp_path, thresholds={"gold_score": 1.0})
+        make_card(scored, tmp_path, provenance={}, thresholds={"gold_score": 1.0})
     with pytest.raises(ValueError, match="no 'ifd' column and no row_id"):
-        make_card(scored, Dataset.from_dict({"note": ["a"]}), {}, tmp_path)
+        make_card(scored, tmp_path, selected=Dataset.from_dict({"note": ["a"]}), provenance={})
     with pytest.raises(ValueError, match="rows_selected.*the data has 2 rows"):
         complete_provenance({"rows_selected": 5}, scored)
 
@@ -145,8 +146,8 @@ def test_merge_keeps_existing_metadata_and_text_and_replaces_our_section(tmp_pat
     scored = scored_dataset(rows=10)
     existing = DatasetCard("---\nlicense: mit\nconfigs:\n- config_name: default\n  data_files: data/*\n"
                            "tags:\n- alpaca\n---\n\n# Source card\n\nWritten by the source's authors.\n")
-    first = merge_card(existing, make_card(scored, None, {"source": "one"}, tmp_path, license="apache-2.0"))
-    again = merge_card(first, make_card(scored, None, {"source": "two"}, tmp_path))
+    first = merge_card(existing, make_card(scored, tmp_path, provenance={"source": "one"}, license="apache-2.0"))
+    again = merge_card(first, make_card(scored, tmp_path, provenance={"source": "two"}))
     meta = DatasetCard(str(again)).data.to_dict()
     assert meta["license"] == "mit"  # the source's license wins over the argument
     assert meta["configs"] == [{"config_name": "default", "data_files": "data/*"}]
@@ -154,3 +155,16 @@ def test_merge_keeps_existing_metadata_and_text_and_replaces_our_section(tmp_pat
     assert again.text.count(SECTION_START) == 1 and "| source | two |" in again.text
     assert "| source | one |" not in again.text
     assert again.text.index(SECTION_END) < again.text.index("Written by the source's authors.")
+
+
+def test_the_card_columns_are_card_columns_and_the_old_names_warn():
+    from hf_prospector import publishing
+    from hf_prospector.publishing import card
+
+    assert "gold_score" in card.CARD_COLUMNS and publishing.CARD_COLUMNS is card.CARD_COLUMNS
+    for module, old, new in ((publishing, "SCORE_COLUMNS", "CARD_COLUMNS"), (card, "SCORE_COLUMNS", "CARD_COLUMNS"),
+                             (card, "score_columns", "card_columns")):
+        with pytest.warns(DeprecationWarning, match=f"{old} is now {new}"):
+            assert getattr(module, old) is getattr(module, new)
+    with pytest.raises(TypeError):
+        make_card(scored_dataset(rows=3), "out", None, {})  # options are keyword-only

@@ -155,4 +155,4 @@ def test_errors_holding_the_token_are_scrubbed():
 
 def test_an_empty_selection_is_refused_before_the_hub_is_contacted():
     with pytest.raises(ValueError, match=r"kept 0 rows: nothing to publish"):
-        publish(scored_dataset(rows=3).select([]), "me/empty", "none", token=TOKEN)
+        publish(scored_dataset(rows=3).select([]), "me/empty", revision="none", token=TOKEN)

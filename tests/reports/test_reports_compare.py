@@ -138,3 +138,15 @@ def test_non_numeric_score_column_is_named():
     text_scores = Dataset.from_dict({"ifd": ["high", "low"], "ppl_cond": [1.0, 2.0], "ppl_uncond": [1.0, 2.0]})
     with pytest.raises(TypeError, match="column 'ifd' holds Value"):
         compare(scored([.1, .2]), text_scores)
+
+
+def test_report_columns_and_keyword_only_options():
+    from hf_prospector import reports
+
+    assert list(reports.REPORT_COLUMNS) == ["ppl_cond", "ppl_uncond", "ifd"]
+    with pytest.warns(DeprecationWarning, match="SCORE_COLUMNS is now REPORT_COLUMNS"):
+        assert reports.SCORE_COLUMNS is reports.REPORT_COLUMNS
+    with pytest.raises(TypeError):
+        compare(OVER_A, OVER_B, ("gpt2", "llama"))
+    with pytest.raises(TypeError):
+        reports.assess({"a": OVER_A}, "out")

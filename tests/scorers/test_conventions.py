@@ -183,7 +183,7 @@ def test_convention_in_fingerprint_and_card(tiny_model_dir, tmp_path):
     assert Hasher.hash(IFDScorer(str(tiny_model_dir), convention="cherry")) == hashes["cherry"]  # 512 is its default
     scorer = IFDScorer(str(tiny_model_dir), convention="superfiltering", dtype="float32")
     scored = datasets.Dataset.from_list(ROWS[:2]).map(scorer, batched=True)
-    card = make_card(scored, None, scorer.settings(), tmp_path)
+    card = make_card(scored, tmp_path, provenance=scorer.settings())
     assert "| convention | superfiltering |" in str(card)
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from datasets import Dataset
 
-from hf_prospector.selection import FacilityLocation, select_diverse, superfiltering_d
+from hf_prospector.selection import FacilityLocation, select_diverse, select_superfiltering_d
 from hf_prospector.selection import diversity
 
 from .spies import FakeEncoder, Spy
@@ -133,7 +133,7 @@ def alpaca_rows(n: int, seed: int = 0) -> Dataset:
 def test_superfiltering_d_is_ifd_top_fraction_then_greedy_facility_location():
     ds = alpaca_rows(60)
     encoder = FakeEncoder()
-    out, report = superfiltering_d(ds, k=5, ifd_fraction=0.4, encoder=encoder, embedding_column="emb")
+    out, report = select_superfiltering_d(ds, k=5, ifd_fraction=0.4, encoder=encoder, embedding_column="emb")
 
     pool = ifd_pool(ds["ifd"][:], 0.4)
     texts = [f"task {i}" + (f"\ncontext {i}" if i % 3 == 0 else "") + f"\nanswer {i % 7}" for i in pool]
@@ -153,8 +153,8 @@ def test_superfiltering_d_is_ifd_top_fraction_then_greedy_facility_location():
 
 def test_fraction_k_and_original_order():
     ds = alpaca_rows(100)
-    greedy, _ = superfiltering_d(ds, k=0.05, encoder=FakeEncoder(), embedding_column="emb")
-    original, _ = superfiltering_d(ds, k=0.05, encoder=FakeEncoder(), embedding_column="emb", order="original")
+    greedy, _ = select_superfiltering_d(ds, k=0.05, encoder=FakeEncoder(), embedding_column="emb")
+    original, _ = select_superfiltering_d(ds, k=0.05, encoder=FakeEncoder(), embedding_column="emb", order="original")
     assert len(greedy) == 5  # floor(5% of 100 rows), as the paper's 2% of all rows
     assert original["row"][:] == sorted(greedy["row"][:])
     assert [r for _, r in sorted(zip(original["fl_rank"][:], original["row"][:]))] == greedy["row"][:]
@@ -162,7 +162,7 @@ def test_fraction_k_and_original_order():
 
 def test_k_beyond_the_ifd_pool_says_what_to_do():
     with pytest.raises(ValueError, match="after the IFD step.*raise ifd_fraction"):
-        superfiltering_d(alpaca_rows(20), k=10, encoder=FakeEncoder(), embedding_column="emb")
+        select_superfiltering_d(alpaca_rows(20), k=10, encoder=FakeEncoder(), embedding_column="emb")
     with pytest.raises(ValueError, match=r"k must be an integer from 1 to 20, got 21"):
         select_diverse(alpaca_rows(20), 21, encoder=FakeEncoder(), embedding_column="emb")
 
@@ -194,7 +194,7 @@ def test_superfiltering_d_end_to_end_with_minilm(minilm, shared_data):
     spy = Spy(minilm)
     column = "embedding_all-minilm-l6-v2"
 
-    out, report = superfiltering_d(ds, k=4, ifd_fraction=0.5, encoder=spy, embedding_column=column)
+    out, report = select_superfiltering_d(ds, k=4, ifd_fraction=0.5, encoder=spy, embedding_column=column)
     pool = ifd_pool(ifd.tolist(), 0.5)
     assert spy.rows == len(pool)  # only the IFD pool was encoded
     texts = [rows[i]["instruction"] + ("\n" + rows[i]["input"] if rows[i]["input"] else "") + "\n"
@@ -206,7 +206,24 @@ def test_superfiltering_d_end_to_end_with_minilm(minilm, shared_data):
 
     embedded = embed_column(ds, spy, column)
     calls = spy.calls
-    first, _ = superfiltering_d(embedded, k=3, ifd_fraction=0.5, encoder=spy, embedding_column=column)
-    second, _ = superfiltering_d(embedded, k=6, ifd_fraction=0.5, encoder=spy, embedding_column=column)
+    first, _ = select_superfiltering_d(embedded, k=3, ifd_fraction=0.5, encoder=spy, embedding_column=column)
+    second, _ = select_superfiltering_d(embedded, k=6, ifd_fraction=0.5, encoder=spy, embedding_column=column)
     assert spy.calls == calls  # the second and third selections encoded nothing
     assert second["row"][:3] == first["row"][:]
+
+
+def test_order_words_match_select_and_the_old_names_still_work():
+    ds = alpaca_rows(100)
+    ranked, report = select_superfiltering_d(ds, k=5, encoder=FakeEncoder(), embedding_column="emb", order="ranked")
+    with pytest.warns(DeprecationWarning, match='order="greedy" is now order="ranked"'):
+        greedy, _ = select_diverse(ds, 5, encoder=FakeEncoder(), embedding_column="emb", order="greedy")
+    assert greedy["fl_rank"][:] == list(range(5))
+    from hf_prospector.selection import superfiltering_d
+
+    with pytest.warns(DeprecationWarning, match=r"superfiltering_d\(ds, k\) is now select_superfiltering_d"):
+        old, old_report = superfiltering_d(ds, 5, encoder=FakeEncoder(), embedding_column="emb")
+    assert old["row"][:] == ranked["row"][:] and old_report == report
+    with pytest.raises(TypeError):
+        select_superfiltering_d(ds, 5)  # k is keyword-only
+    with pytest.raises(TypeError):
+        FacilityLocation(3, 10)  # n_neighbors too

@@ -188,3 +188,25 @@ def test_empty_dataset_keeps_nothing():
     empty = Dataset.from_dict({"ifd": []}, features=Features({"ifd": Value("float64")}))
     out, report = select(empty, SelectionRule(top_fraction=0.5))
     assert len(out) == 0 and report.to_dict()["considered"] == 0
+
+
+def test_order_words_are_ranked_and_original_and_the_old_word_still_works(ds):
+    ranked, _ = select(ds, SelectionRule(top_n=3), order="ranked")
+    with pytest.warns(DeprecationWarning, match='order="score" is now order="ranked"'):
+        old, _ = select(ds, SelectionRule(top_n=3), order="score")
+    assert rows(ranked) == rows(old) == [6, 0, 4]
+    with pytest.raises(TypeError):
+        select(ds, SelectionRule(top_n=3), "original")  # options are keyword-only
+    with pytest.raises(TypeError):
+        superfiltering(0.05, "ifd_loss")
+
+
+def test_the_bounded_columns_are_ifd_ratio_columns_and_the_old_name_warns():
+    import hf_prospector.selection as selection
+    from hf_prospector.selection import rules
+
+    assert selection.IFD_RATIO_COLUMNS == ("ifd", "ifd_loss")
+    for module in (selection, rules):
+        with pytest.warns(DeprecationWarning, match="IFD_COLUMNS is now IFD_RATIO_COLUMNS"):
+            assert module.IFD_COLUMNS is selection.IFD_RATIO_COLUMNS
+    assert set(selection.__all__) <= set(dir(selection)) and "IFD_COLUMNS" not in selection.__all__
