@@ -1,0 +1,120 @@
+"""Compare arms: paired differences in eval loss with bootstrap 95% intervals, and the report (Markdown, JSON, plot).
+
+Each arm is compared with a baseline (default: the random arms) row by row on the same evaluation rows, so the
+row-to-row variation in difficulty cancels: ``d_i = loss_arm_i - loss_baseline_i``. The interval is the percentile
+bootstrap of ``mean(d)`` over the evaluation rows (``draws`` resamples of the rows, with replacement). With several
+random arms (seeds) the baseline is their row-wise mean, and the spread of their mean losses shows how far two
+random draws of the same size differ by chance: a gap smaller than that is noise.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from ..reports import _json_ready, format_table
+
+LEVEL = 0.95
+
+
+def bootstrap_interval(diffs: np.ndarray, draws: int = 10000, seed: int = 0, level: float = LEVEL) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``diffs``: ``draws`` resamples of the rows, drawn as
+    ``default_rng(seed).integers(0, n, size=(draws, n))``."""
+    diffs = np.asarray(diffs, dtype=np.float64)
+    if len(diffs) == 0:
+        return math.nan, math.nan
+    means = diffs[np.random.default_rng(seed).integers(0, len(diffs), size=(draws, len(diffs)))].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def baseline_arms(names: list[str], baseline: str) -> list[str]:
+    """The arms that form the baseline: the one named ``baseline``, or those named ``baseline-...`` (seeds)."""
+    exact = [n for n in names if n == baseline]
+    group = exact or [n for n in names if n.startswith(baseline + "-") or n.startswith(baseline + "_")]
+    if not group:
+        raise ValueError(f"no arm is the baseline {baseline!r} (arms: {names}); name one arm {baseline!r} or "
+                         f"{baseline!r}-<seed>, or pass baseline= one of the arms")
+    return group
+
+
+def comparisons(losses: dict[str, np.ndarray], baseline: str, draws: int = 10000, seed: int = 0) -> dict:
+    """Per arm: mean eval loss, perplexity, and the paired difference from the baseline with its interval."""
+    names = [n for n in losses if n != "base"]
+    group = baseline_arms(names, baseline)
+    reference = np.mean([losses[n] for n in group], axis=0)
+    out = {}
+    for name, loss in losses.items():
+        diff = loss - reference
+        low, high = bootstrap_interval(diff, draws, seed)
+        out[name] = {"eval_loss": float(loss.mean()), "perplexity": float(math.exp(loss.mean())),
+                     "diff_vs_baseline": float(diff.mean()), "ci_low": low, "ci_high": high,
+                     "in_baseline": name in group}
+    means = [float(losses[n].mean()) for n in group]
+    spread = {"arms": group, "mean_losses": means, "sd": float(np.std(means, ddof=1)) if len(means) > 1 else None,
+              "range": float(max(means) - min(means))}
+    return {"baseline": baseline, "baseline_arms": group, "seed_spread": spread, "arms": out,
+            "level": LEVEL, "draws": draws}
+
+
+def write_report(result: dict, out_dir: str | Path) -> dict[str, Path]:
+    """``report.md``, ``evidence.json`` and ``evidence.png`` (paired differences with their intervals)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "evidence.json", "markdown": out / "report.md", "plot": out / "evidence.png"}
+    paths["json"].write_text(json.dumps(_json_ready(result), indent=2))
+    paths["markdown"].write_text(to_markdown(result))
+    plot(result, paths["plot"])
+    return paths
+
+
+def to_markdown(result: dict) -> str:
+    cmp, arms = result["comparison"], result["arms"]
+    rows = []
+    for name, c in cmp["arms"].items():
+        a = arms[name]
+        diff = "—" if name == "base" else f"{c['diff_vs_baseline']:+.4f} [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]"
+        rows.append([name, a["rows"], a["training_tokens"], _num(a["mean_response_tokens"], 1), _num(c["eval_loss"]),
+                     _num(c["perplexity"], 2), diff, a.get("eval_overlap", 0)])
+    spread = cmp["seed_spread"]
+    lines = [
+        "# Evidence: fine-tuned arms compared", "",
+        f"Base model `{result['base_model']}`; {result['eval_rows']} evaluation rows "
+        f"({result['eval_unusable']} unusable); settings: `{json.dumps(result['settings'])}`.", "",
+        format_table(["arm", "rows", "training tokens", "mean response tokens", "eval loss", "perplexity",
+                      f"diff vs {cmp['baseline']} [{int(cmp['level'] * 100)}% CI]", "eval rows also trained"], rows),
+        "",
+        f"Differences are paired over the evaluation rows (arm minus the mean of {', '.join(cmp['baseline_arms'])}); "
+        f"intervals are percentile bootstraps of {cmp['draws']} resamples. Negative is better (lower loss).",
+    ]
+    if spread["sd"] is not None:
+        lines += ["", f"Seed-to-seed spread of the baseline arms' eval loss: sd {spread['sd']:.4f}, range "
+                      f"{spread['range']:.4f} over {len(spread['arms'])} seeds. A gap smaller than this is noise."]
+    lines += [f"- warning: {w}" for w in result.get("warnings", [])]
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: Path) -> Path:
+    cmp = result["comparison"]
+    names = [n for n in cmp["arms"] if n != "base"]
+    diffs = np.array([cmp["arms"][n]["diff_vs_baseline"] for n in names])
+    low = diffs - np.array([cmp["arms"][n]["ci_low"] for n in names])
+    high = np.array([cmp["arms"][n]["ci_high"] for n in names]) - diffs
+    fig = Figure(figsize=(1.5 + 0.9 * len(names), 4), layout="constrained")
+    ax = fig.subplots()
+    colors = ["grey" if cmp["arms"][n]["in_baseline"] else "tab:blue" for n in names]
+    ax.bar(range(len(names)), diffs, yerr=[low, high], capsize=4, color=colors)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax.set_ylabel(f"eval loss minus {cmp['baseline']} (95% CI; lower is better)")
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def _num(value, digits: int = 4) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
