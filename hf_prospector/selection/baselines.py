@@ -52,6 +52,11 @@ def _size_slug(rule: SelectionRule) -> str:
     return f"top{rule.top_n}" if rule.top_n is not None else f"top{_slug_number(rule.top_fraction * 100)}pct"
 
 
+def _size_words(rule: SelectionRule) -> str:
+    """``5% of the rows (rounded down)`` or ``500 rows``, for :meth:`describe`."""
+    return f"{rule.top_fraction * 100:g}% of the rows (rounded down)" if rule.top_fraction is not None else f"{rule.top_n} rows"
+
+
 def resolve_by(by: str, ds: Dataset, tokenizer) -> str:
     """How response length is counted on ``ds``: ``by``, or for ``auto`` the scorer's column when present, else
     the tokenizer when given, else words."""
@@ -111,9 +116,7 @@ class RandomRows(SelectionRule):
         return f"Rows drawn at random: numpy default_rng({self.seed}).permutation."
 
     def describe(self) -> str:
-        size = (f"{self.top_fraction * 100:g}% of the rows (rounded down)" if self.top_fraction is not None
-                else f"{self.top_n} rows")
-        return f"Keeps {size} drawn at random (numpy default_rng({self.seed}).permutation of the row numbers)."
+        return f"Keeps {_size_words(self)} drawn at random (numpy default_rng({self.seed}).permutation of the row numbers)."
 
 
 @dataclass(frozen=True)
@@ -150,9 +153,7 @@ class LengthRule(SelectionRule):
                 "words": "whitespace-separated words", "auto": "n_response_tokens, else tokens, else words"}[self.by]
 
     def describe(self) -> str:
-        size = (f"the {self.top_fraction * 100:g}% of rows (rounded down)" if self.top_fraction is not None
-                else f"the {self.top_n} rows")
-        return (f"Keeps {size} with the {'shortest' if self.lowest else 'longest'} responses, counted as "
+        return (f"Keeps the {_size_words(self)} with the {'shortest' if self.lowest else 'longest'} responses, counted as "
                 f"{self._counted()}; ties go to the earlier row.")
 
 
