@@ -74,44 +74,51 @@ def write_report(result: dict, out_dir: str | Path) -> dict[str, Path]:
 
 
 def to_markdown(result: dict) -> str:
-    cmp, arms = result["comparison"], result["arms"]
-    rows = []
-    for name, c in cmp["arms"].items():
-        a = arms[name]
-        diff = "—" if name == "base" else f"{c['diff_vs_baseline']:+.4f} [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]"
-        rows.append([name, a["rows"], a["training_tokens"], _num(a["mean_response_tokens"], 1), _num(c["eval_loss"]),
-                     _num(c["perplexity"], 2), diff, a.get("eval_overlap", 0)])
-    spread = cmp["seed_spread"]
-    lines = [
-        "# Evidence: fine-tuned arms compared", "",
-        f"Base model `{result['base_model']}`; {result['eval_rows']} evaluation rows "
-        f"({result['eval_unusable']} unusable); settings: `{json.dumps(result['settings'])}`.", "",
-        format_table(["arm", "rows", "training tokens", "mean response tokens", "eval loss", "perplexity",
-                      f"diff vs {cmp['baseline']} [{int(cmp['level'] * 100)}% CI]", "eval rows also trained"], rows),
-        "",
-        f"Differences are paired over the evaluation rows (arm minus the mean of {', '.join(cmp['baseline_arms'])}); "
-        f"intervals are percentile bootstraps of {cmp['draws']} resamples. Negative is better (lower loss).",
-    ]
-    if spread["sd"] is not None:
-        lines += ["", f"Seed-to-seed spread of the baseline arms' eval loss: sd {spread['sd']:.4f}, range "
-                      f"{spread['range']:.4f} over {len(spread['arms'])} seeds. A gap smaller than this is noise."]
-    lines += [f"- warning: {w}" for w in result.get("warnings", [])]
+    arms = result["arms"]
+    lines = ["# Evidence: fine-tuned arms compared", "",
+             f"Base model `{result['base_model']}`; settings: `{json.dumps(result['settings'])}`; encoding: "
+             f"`{json.dumps(result['encoding'])}`."]
+    for set_name, cmp in result["comparison"].items():
+        rows = []
+        for name, c in cmp["arms"].items():
+            a = arms[name]
+            diff = "—" if name == "base" else f"{c['diff_vs_baseline']:+.4f} [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]"
+            rows.append([name, a["rows"], a["training_tokens"], _num(a["mean_response_tokens"], 1),
+                         _num(c["eval_loss"]), _num(c["perplexity"], 2), diff,
+                         a.get("eval_overlap", {}).get(set_name, 0)])
+        spread = cmp["seed_spread"]
+        lines += [
+            "", f"## Evaluation set `{set_name}`: {result['eval_rows'][set_name]} rows "
+                f"({result['eval_unusable'][set_name]} unusable)", "",
+            format_table(["arm", "rows", "training tokens", "mean response tokens", "eval loss", "perplexity",
+                          f"diff vs {cmp['baseline']} [{int(cmp['level'] * 100)}% CI]", "eval rows also trained"], rows),
+            "",
+            f"Differences are paired over the evaluation rows (arm minus the mean of "
+            f"{', '.join(cmp['baseline_arms'])}); intervals are percentile bootstraps of {cmp['draws']} resamples. "
+            "Negative is better (lower loss)."]
+        if spread["sd"] is not None:
+            lines += ["", f"Seed-to-seed spread of the baseline arms' eval loss: sd {spread['sd']:.4f}, range "
+                          f"{spread['range']:.4f} over {len(spread['arms'])} seeds. A gap smaller than this is noise."]
+    if result.get("warnings"):
+        lines += ["", "## Warnings", ""] + [f"- {w}" for w in result["warnings"]]
     return "\n".join(lines) + "\n"
 
 
 def plot(result: dict, path: Path) -> Path:
-    cmp = result["comparison"]
-    names = [n for n in cmp["arms"] if n != "base"]
-    diffs = np.array([cmp["arms"][n]["diff_vs_baseline"] for n in names])
-    low = diffs - np.array([cmp["arms"][n]["ci_low"] for n in names])
-    high = np.array([cmp["arms"][n]["ci_high"] for n in names]) - diffs
-    fig = Figure(figsize=(1.5 + 0.9 * len(names), 4), layout="constrained")
-    ax = fig.subplots()
-    colors = ["grey" if cmp["arms"][n]["in_baseline"] else "tab:blue" for n in names]
-    ax.bar(range(len(names)), diffs, yerr=[low, high], capsize=4, color=colors)
-    ax.axhline(0, color="black", linewidth=0.8)
-    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
-    ax.set_ylabel(f"eval loss minus {cmp['baseline']} (95% CI; lower is better)")
+    """One panel per evaluation set: each arm's paired difference from the baseline, with its interval."""
+    panels = result["comparison"]
+    names = [n for n in next(iter(panels.values()))["arms"] if n != "base"]
+    fig = Figure(figsize=(len(panels) * (1.5 + 0.9 * len(names)), 4), layout="constrained")
+    for ax, (set_name, cmp) in zip(np.atleast_1d(fig.subplots(1, len(panels))), panels.items()):
+        diffs = np.array([cmp["arms"][n]["diff_vs_baseline"] for n in names])
+        low = diffs - np.array([cmp["arms"][n]["ci_low"] for n in names])
+        high = np.array([cmp["arms"][n]["ci_high"] for n in names]) - diffs
+        colors = ["grey" if cmp["arms"][n]["in_baseline"] else "tab:blue" for n in names]
+        ax.bar(range(len(names)), diffs, yerr=[low, high], capsize=4, color=colors)
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+        ax.set_title(set_name)
+        ax.set_ylabel(f"eval loss minus {cmp['baseline']} (95% CI; lower is better)")
     fig.savefig(path, dpi=120)
     return path
 

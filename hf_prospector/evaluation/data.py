@@ -124,12 +124,13 @@ def check_sizes(arms: dict[str, EncodedSet], equal_size: bool) -> None:
                          "(each arm's first rows) or tokens=N (a token budget), or equal_size=False")
 
 
-def overlap(arm: EncodedSet, eval_set: EncodedSet, name: str) -> int:
+def overlap(arm: EncodedSet, eval_set: EncodedSet, name: str, eval_name: str = "eval") -> int:
     """Evaluation rows whose (context, response) also trains in ``arm``; warns when there are any."""
     trained = set(arm.keys)
     count = sum(1 for k in eval_set.keys if k in trained)
     if count:
-        warnings.warn(f"{count} of the {len(eval_set.keys)} evaluation rows also train in arm {name!r}: its eval loss "
+        warnings.warn(f"{count} of the {len(eval_set.keys)} rows of evaluation set {eval_name!r} also train in arm "
+                      f"{name!r}: its eval loss there "
                       "is flattered; hold those rows out of the arms (the report counts them)", stacklevel=3)
     return count
 

@@ -159,14 +159,15 @@ def test_resume_skips_finished_arms_and_counts_eval_overlap(tiny, tmp_path, monk
     arms = {"random-0": pool.select(range(0, 6)), "longest": pool.select(range(12, 18))}
     eval_set = pool.select(range(16, 26))  # rows 16 and 17 also train in "longest"
     kwargs = dict(base_model=tiny, settings=FAST, draws=500, log=lambda _: None)
-    with pytest.warns(UserWarning, match="2 of the 10 evaluation rows also train in arm 'longest'"):
+    with pytest.warns(UserWarning, match="2 of the 10 rows of evaluation set 'eval' also train in arm 'longest'"):
         first = run_evidence(arms, eval_set, tmp_path, **kwargs)
-    assert spy.calls == [6, 6] and first["arms"]["longest"]["eval_overlap"] == 2
-    assert first["arms"]["random-0"]["eval_overlap"] == 0 and len(first["warnings"]) == 1
+    assert spy.calls == [6, 6] and first["arms"]["longest"]["eval_overlap"] == {"eval": 2}
+    assert first["arms"]["random-0"]["eval_overlap"] == {"eval": 0} and len(first["warnings"]) == 1
     report = (tmp_path / "report.md").read_text()
     assert "| longest | 6 |" in report and "also train in arm 'longest'" in report
     assert (tmp_path / "evidence.png").stat().st_size > 0
-    assert json.loads((tmp_path / "evidence.json").read_text())["comparison"]["baseline_arms"] == ["random-0"]
+    stored = json.loads((tmp_path / "evidence.json").read_text())
+    assert stored["comparison"]["eval"]["baseline_arms"] == ["random-0"]
     # The same settings again: nothing is retrained, and the numbers are the stored ones.
     again = run_evidence(arms, eval_set, tmp_path, **kwargs)
     assert len(spy.calls) == 2 and again["comparison"] == first["comparison"]
@@ -176,6 +177,21 @@ def test_resume_skips_finished_arms_and_counts_eval_overlap(tiny, tmp_path, monk
     run_evidence({"random-0": arms["random-0"]}, eval_set, tmp_path,
                  **{**kwargs, "settings": TrainSettings(steps=2, batch_size=4)})
     assert len(spy.calls) == 4
+
+
+def test_several_evaluation_sets_share_one_training_per_arm(tiny, tmp_path, monkeypatch):
+    spy = CountingFineTune()
+    monkeypatch.setattr(run_module, "fine_tune", spy)
+    pool = alpaca(30)
+    arms = {"random": pool.select(range(0, 6)), "ifd": pool.select(range(6, 12))}
+    both = run_evidence(arms, {"held_out": pool.select(range(20, 30)), "other": alpaca(5, offset=40)}, tmp_path,
+                        base_model=tiny, settings=FAST, draws=200, log=lambda _: None)
+    assert len(spy.calls) == 2 and both["eval_rows"] == {"held_out": 10, "other": 5}
+    alone = run_evidence(arms, pool.select(range(20, 30)), tmp_path / "alone", base_model=tiny, settings=FAST,
+                         draws=200, log=lambda _: None)
+    assert both["comparison"]["held_out"] == alone["comparison"]["eval"]  # the same numbers, set by set
+    report = (tmp_path / "report.md").read_text()
+    assert "## Evaluation set `held_out`: 10 rows" in report and "## Evaluation set `other`: 5 rows" in report
 
 
 def test_bad_input_is_refused_before_training(tiny, tmp_path, monkeypatch):
@@ -189,7 +205,7 @@ def test_bad_input_is_refused_before_training(tiny, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"arms of different sizes \{'random': 5, 'ifd': 3\}.*rows=3"):
         run_evidence({"random": pool.select(range(5)), "ifd": pool.select(range(5, 8))}, pool, tmp_path, **kwargs)
     no_response = pool.remove_columns(["output"])
-    with pytest.raises(ValueError, match="evaluation set: no instruction/response columns"):
+    with pytest.raises(ValueError, match="evaluation set 'eval': no instruction/response columns"):
         run_evidence({"random": pool.select(range(5))}, no_response, tmp_path, **kwargs)
     with pytest.raises(ValueError, match="reserved"):
         run_evidence({"base": pool.select(range(5))}, pool, tmp_path, **kwargs)
