@@ -3,25 +3,26 @@
 Scores a pool of Alpaca rows (``alpaca_52k.json``) with IFD (exact and ``superfiltering`` conventions), picks arms of
 equal size (IFD top rows under each convention, random with several seeds, longest responses, random rows
 length-matched to the exact-IFD arm), fine-tunes the base model on each with identical settings and compares their
-eval loss on held-out GPT-4 answers (``alpaca_gpt4_9k.json``, rows whose instruction is in no arm) with paired
-bootstrap intervals (``hf_prospector.evaluation.run_evidence``). The embedded SmolLM2-135M is scorer and base.
+eval loss on held-out GPT-4 answers (``alpaca_gpt4_9k.json``, rows whose instruction is in no arm) and on
+``alpaca_eval_805.json`` with paired bootstrap intervals (``hf_prospector.evaluation.run_evidence``). The embedded SmolLM2-135M is scorer and base.
 
     python bench/evidence.py --small          # minutes: a smoke run of the whole path, numbers mean little
     python bench/evidence.py                  # about an hour on a 2-core float32 CPU
     python bench/evidence.py --pool 52002 --arm-rows 2600 --eval-rows 1000 --epochs 3   # on a GPU
 
 Results go to ``bench/results/evidence[-small]/`` (report.md, evidence.json, evidence.png; arms resume).
-Not covered yet: ``alpaca_eval_805.json`` as a second evaluation set.
+``--small`` scores and evaluates without ``torch.compile`` (its compile time would dominate a run of minutes).
 """
 
 from __future__ import annotations
 
+import os
 import time
 
 from harness import RESULTS, first_rows, parser, print_header, report_end_load, report_load
 
 SIZES = {  # pool rows scored, rows per arm, eval rows, random seeds, optimizer steps (None: one epoch)
-    "small": dict(pool=400, arm_rows=32, eval_rows=32, seeds=2, steps=4),
+    "small": dict(pool=200, arm_rows=16, eval_rows=16, seeds=2, steps=2),
     "full": dict(pool=6000, arm_rows=300, eval_rows=300, seeds=3, steps=None),
 }
 
@@ -44,6 +45,8 @@ def main() -> None:
     for key in size:
         if getattr(args, key, None) is None:
             setattr(args, key, size[key])
+    if args.small:
+        os.environ.setdefault("HF_PROSPECTOR_COMPILE", "0")
     print_header("fine-tune arms chosen by IFD and by baselines, compare eval loss with 95% intervals", args)
     import torch
 
@@ -57,6 +60,7 @@ def main() -> None:
     report_load("start")
     started = time.perf_counter()
     pool = first_rows("alpaca_52k.json", args.pool)
+    print(f"# scoring {len(pool)} rows with IFD (exact and superfiltering conventions)", flush=True)
     exact = IFDScorer(args.model, dtype=args.dtype).score(pool)
     paper = IFDScorer(args.model, convention="superfiltering", dtype=args.dtype).score(pool)
     print(f"# scored {len(pool)} rows twice in {time.perf_counter() - started:.0f} s", flush=True)
@@ -72,12 +76,14 @@ def main() -> None:
 
     trained = {(r["instruction"], r["input"]) for ds in arms.values() for r in ds}
     held_out = first_rows("alpaca_gpt4_9k.json", 10**6).filter(lambda r: (r["instruction"], r["input"]) not in trained)
-    eval_set = held_out.shuffle(seed=0).select(range(min(args.eval_rows, len(held_out))))
+    alpaca_eval = first_rows("alpaca_eval_805.json", 10**6).select_columns(["instruction", "output"])
+    eval_sets = {"gpt4-held-out": held_out.shuffle(seed=0).select(range(min(args.eval_rows, len(held_out)))),
+                 "alpaca-eval": alpaca_eval.shuffle(seed=0).select(range(min(args.eval_rows, len(alpaca_eval))))}
 
     settings = TrainSettings(epochs=args.epochs, steps=args.steps, learning_rate=args.learning_rate,
                              batch_size=args.batch_size)
     out = RESULTS / ("evidence-small" if args.small else "evidence")
-    result = run_evidence(arms, eval_set, out, base_model=args.model, settings=settings, dtype=args.dtype,
+    result = run_evidence(arms, eval_sets, out, base_model=args.model, settings=settings, dtype=args.dtype,
                           equal_size=False, rows=min(len(ds) for ds in arms.values()))
     print(open(result["files"]["markdown"]).read())
     print(f"# total {time.perf_counter() - started:.0f} s; report in {out}")

@@ -26,6 +26,14 @@ class Encoding:
     max_length: int = 1024
     min_response_tokens: int = 16
 
+    @classmethod
+    def of(cls, scorer) -> "Encoding":
+        """The encoding an :class:`~hf_prospector.scorers.IFDScorer` used, so arms train and are evaluated on the
+        tokens it scored. A paper convention's scorer gives its template and budget under the exact encoding
+        (the scripts' own tokenization is for reproducing their scores, not for training)."""
+        return cls(scorer.template, scorer.max_length,
+                   16 if scorer.min_response_tokens is None else scorer.min_response_tokens)
+
     def encoder(self, tokenizer, max_length: int | None = None, budget: str | None = None) -> PairEncoder:
         return PairEncoder(tokenizer, self.template, max_length or self.max_length, self.min_response_tokens, budget)
 

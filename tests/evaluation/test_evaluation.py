@@ -126,6 +126,12 @@ def test_untuned_eval_loss_is_the_scorers_loss_cond(tiny):
     np.testing.assert_allclose(mine, np.array(scored["loss_cond"][:])[enc.positions], rtol=1e-5)
 
 
+def test_encoding_of_a_scorer_is_the_one_it_scored_with(tiny):
+    assert Encoding.of(IFDScorer(tiny, template="alpaca", max_length=256)) == Encoding("alpaca", 256, 16)
+    assert Encoding.of(IFDScorer(tiny, min_response_tokens=4)) == Encoding("plain", 1024, 4)
+    assert Encoding.of(IFDScorer(tiny, convention="cherry")) == Encoding("alpaca", 512, 16)
+
+
 def test_arms_get_the_rows_and_token_budgets_asked_for(tiny):
     enc, _ = encoded(tiny, alpaca(20))
     assert len(training_rows(enc, "a", rows=7).ids) == 7
