@@ -22,11 +22,13 @@ _EXPORTS = {
     ".embeddings": ["embed_column"],
     ".runner": ["score_run"],
     ".selection": ["SelectionRule", "SelectionReport", "select", "superfiltering", "cherry", "nuggets",
-                   "FacilityLocation", "select_diverse", "select_superfiltering_d"],
+                   "FacilityLocation", "select_diverse", "select_superfiltering_d", "random_rows", "longest",
+                   "length_matched_random"],
     ".publishing": ["Publication", "publish", "publish_local", "make_card", "write_card"],
     ".reports": ["compare", "assess"],
     ".recipes": ["Recipe", "load_recipe"],
     ".pipeline": ["RunResult", "run_recipe"],
+    ".evaluation": ["run_evidence", "TrainSettings"],
 }
 
 __all__ = ["__version__"] + [name for names in _EXPORTS.values() for name in names]

@@ -30,7 +30,7 @@ import math
 import re
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
@@ -104,6 +104,8 @@ class SelectionRule:
     lowest: bool = False
     ifd_max: float | None = 1.0
     ifd_max_inclusive: bool = False
+    # Why a ranked row that is not kept was dropped; a rule that computes its own key may say otherwise.
+    not_kept: ClassVar[str] = NOT_TOP
 
     def __post_init__(self):
         given = [k for k in ("top_fraction", "top_n", "threshold") if getattr(self, k) is not None]
@@ -152,6 +154,20 @@ class SelectionRule:
         ties = "; ties go to the earlier row" if self.threshold is None else ""
         return f"Keeps {what}, among {eligible}{ties}."
 
+    # Hooks for rules that compute their own key instead of reading a score column (selection/baselines.py).
+    def for_dataset(self, ds: Dataset) -> "SelectionRule":
+        """This rule as it applies to ``ds`` (a rule whose key depends on the data settles how here)."""
+        return self
+
+    def scores(self, ds: Dataset) -> np.ndarray:
+        """The key ranked, one float per row (NaN: never kept)."""
+        return score_column(ds, self.column)
+
+    @property
+    def key_note(self) -> str:
+        """How the key was computed, appended to the report's note ("" for a score column)."""
+        return ""
+
 
 def superfiltering(fraction: float = 0.1, *, column: str = "ifd") -> SelectionRule:
     """Superfiltering (arXiv:2402.00530): the top 5, 10 or 15% by GPT-2 IFD among rows with IFD < 1.
@@ -189,7 +205,8 @@ def check_order(order: str, old: str) -> str:
 def select(ds: Dataset, rule: SelectionRule, *, order: str = "ranked") -> tuple[Dataset, SelectionReport]:
     """Apply ``rule`` to ``ds``; rows come ``ranked`` (best first) or in their ``original`` order."""
     order = check_order(order, "score")
-    scores = score_column(ds, rule.column)
+    rule = rule.for_dataset(ds)
+    scores = rule.scores(ds)
     finite = np.isfinite(scores)
     in_range = np.ones(len(scores), dtype=bool)
     if rule.bounded:
@@ -209,7 +226,7 @@ def select(ds: Dataset, rule: SelectionRule, *, order: str = "ranked") -> tuple[
             target = rule.top_n
             note = f"{'lowest' if rule.lowest else 'highest'} {target} of the {len(eligible)} eligible rows."
         kept = ranked[:target]
-        dropped[NOT_TOP] = len(ranked) - len(kept)
+        dropped[rule.not_kept] = len(ranked) - len(kept)
     else:
         passes = scores[ranked] < rule.threshold if rule.lowest else scores[ranked] > rule.threshold
         kept = ranked[passes]
@@ -217,7 +234,7 @@ def select(ds: Dataset, rule: SelectionRule, *, order: str = "ranked") -> tuple[
         dropped[reason] = len(ranked) - len(kept)
         note = f"{len(kept)} of the {len(eligible)} eligible rows pass the threshold."
 
-    report = SelectionReport(rule.name, len(ds), len(eligible), len(kept), dropped, note)
+    report = SelectionReport(rule.name, len(ds), len(eligible), len(kept), dropped, f"{note} {rule.key_note}".rstrip())
     indices = np.sort(kept) if order == "original" else kept
     return ds.select(indices), report
 
