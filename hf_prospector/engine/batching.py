@@ -194,6 +194,7 @@ class Engine:
             if SharedPrefixCache.supports(cache):
                 cache = SharedPrefixCache(cache)
             results = self._run_planned(shifted, past=(cache, len(prefix)))
+        del out, cache  # the prefix's keys and values, freed before the hand-back
         first = first.cpu().numpy()
         for k, c in enumerate(continuations):
             if c.start == 0:
