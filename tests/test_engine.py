@@ -8,8 +8,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import hf_prospector.engine as engine_module
 from hf_prospector.engine import Engine, Request, SharedPrefixCache, plan_batches, resolve_compile, resolve_dtype
+from hf_prospector.engine import compilation, hardware, memory
 from hf_prospector.models import load_causal_lm
 
 
@@ -82,10 +82,20 @@ def test_bad_request_start(engine):
         engine.logprobs([Request([1, 2], 0)])
 
 
-def test_dtype_resolution():
-    assert resolve_dtype("float32", torch.device("cpu")) == torch.float32
-    assert resolve_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
-    assert resolve_dtype("auto", torch.device("cpu")) in (torch.float32, torch.bfloat16)
+def test_dtype_resolution(monkeypatch):
+    cpu = torch.device("cpu")
+    assert resolve_dtype("float32", cpu) == torch.float32
+    assert resolve_dtype("bfloat16", cpu) == torch.bfloat16
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(f.read().split())
+    except OSError:
+        flags = set()
+    expected = torch.bfloat16 if {"avx512_bf16", "amx_bf16"} & flags else torch.float32
+    assert resolve_dtype("auto", cpu) == expected  # this CPU's flags decide
+    for native, dtype in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(hardware, "_cpu_has_bf16", lambda native=native: native)
+        assert resolve_dtype("auto", cpu) == dtype
     with pytest.raises(ValueError, match="unknown dtype"):
         resolve_dtype("int3", torch.device("cpu"))
 
@@ -103,11 +113,13 @@ def test_out_of_memory_halves_the_micro_batch_and_retries(engine, monkeypatch):
 
     monkeypatch.setattr(Engine, "_run_batch", small_batches_only)
     budget = engine.token_budget
-    got = engine.logprobs(reqs)
+    try:
+        got = engine.logprobs(reqs)
+        assert engine.token_budget < budget  # later calls start from the smaller budget
+    finally:
+        engine.token_budget = budget  # the engine is the module's: the next test gets its budget back
     for a, b in zip(expected, got):
         np.testing.assert_allclose(a, b, atol=1e-5)
-    assert engine.token_budget < budget  # later calls start from the smaller budget
-    engine.token_budget = budget
 
 
 # -- torch.compile ----------------------------------------------------------------------------------------
@@ -154,7 +166,7 @@ def test_auto_compiles_after_enough_model_time(tiny_model_dir, monkeypatch):
     reqs = varied_requests(3, n=4)
     eager = engine.logprobs(reqs)
     assert not engine.compiled and engine.eager_seconds > 0  # a short run stays eager
-    monkeypatch.setattr(engine_module, "COMPILE_AFTER_S", engine.eager_seconds)
+    monkeypatch.setattr(compilation, "COMPILE_AFTER_S", engine.eager_seconds)
     engine.logprobs(reqs[:1])
     assert engine.compiled  # the threshold was crossed: later passes are compiled
     for a, b in zip(eager, engine.logprobs(reqs)):
@@ -170,7 +182,7 @@ def test_compiler_failure_falls_back_to_eager(compiled_engine, monkeypatch):
 
     engine = compiled_engine
     torch._dynamo.reset()
-    for layer in engine._decoder_layers():
+    for layer in engine.compiler.decoder_layers():
         layer.compile(dynamic=True, backend=broken_backend)
     reqs = varied_requests(4, n=3)
     with pytest.warns(UserWarning, match="torch.compile is not used"):
@@ -202,7 +214,7 @@ def test_full_forward_path_equals_head_shortcut(engine):
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
-@pytest.mark.skipif(engine_module._malloc_trim() is None, reason="malloc_trim is glibc's")
+@pytest.mark.skipif(memory._malloc_trim() is None, reason="malloc_trim is glibc's")
 def test_release_freed_memory_returns_freed_blocks_to_the_os():
     # Freeing a 16 MB block raises glibc's threshold for using mmap, so the 1 MB blocks that follow come from the
     # heap; with one kept at its top, freeing the others returns nothing to the OS until the trim.
@@ -211,56 +223,74 @@ def test_release_freed_memory_returns_freed_blocks_to_the_os():
     blocks = [torch.ones(1 << 20, dtype=torch.uint8) for _ in range(200)]
     kept = blocks.pop()
     del blocks
-    before = engine_module.resident_bytes() / 2**20
-    assert engine_module.release_freed_memory()
-    assert before - engine_module.resident_bytes() / 2**20 > 100
+    before = memory.resident_bytes() / 2**20
+    assert memory.release_freed_memory()
+    assert before - memory.resident_bytes() / 2**20 > 100
     assert kept.sum() == 1 << 20
 
 
 def fake_trim(monkeypatch) -> list[int]:
     """Replaces malloc_trim; returns the list its calls are recorded in."""
     trims = []
-    monkeypatch.setattr(engine_module, "_malloc_trim", lambda: lambda pad: trims.append(pad) or 1)
-    monkeypatch.setattr(engine_module, "_resident_after_release", 0)
+    monkeypatch.setattr(memory, "_malloc_trim", lambda: lambda pad: trims.append(pad) or 1)
+    monkeypatch.setattr(memory, "_resident_after_release", 0)
     return trims
 
 
 def test_release_if_grown_by_waits_until_the_process_has_grown(monkeypatch):
     trims, resident = fake_trim(monkeypatch), [5000]
-    monkeypatch.setattr(engine_module, "resident_bytes", lambda: resident[0])
-    assert engine_module.release_freed_memory()  # unconditional; remembers 5000 bytes
+    monkeypatch.setattr(memory, "resident_bytes", lambda: resident[0])
+    assert memory.release_freed_memory()  # unconditional; remembers 5000 bytes
     resident[0] = 5099
-    assert not engine_module.release_freed_memory(if_grown_by=100)
+    assert not memory.release_freed_memory(if_grown_by=100)
     assert len(trims) == 1
     resident[0] = 5100
-    assert engine_module.release_freed_memory(if_grown_by=100)
+    assert memory.release_freed_memory(if_grown_by=100)
     assert len(trims) == 2
     resident[0] = 5150  # measured from 5100 now
-    assert not engine_module.release_freed_memory(if_grown_by=100)
+    assert not memory.release_freed_memory(if_grown_by=100)
     assert len(trims) == 2
 
 
 def test_engine_checks_freed_memory_after_every_micro_batch(engine, monkeypatch):
     trims, grows = fake_trim(monkeypatch), iter(range(0, 1 << 40, 1 << 20))
-    monkeypatch.setattr(engine_module, "resident_bytes", lambda: next(grows))  # grows 1 MB per reading
+    monkeypatch.setattr(memory, "resident_bytes", lambda: next(grows))  # grows 1 MB per reading
     reqs = varied_requests(3)
     passes = engine.forward_passes
-    monkeypatch.setattr(engine_module, "FREED_MEMORY_SLACK", 1 << 40)
+    monkeypatch.setattr(memory, "FREED_MEMORY_SLACK", 1 << 40)
     engine.logprobs(reqs)
-    assert trims == [] and engine.forward_passes - passes > 1
-    monkeypatch.setattr(engine_module, "FREED_MEMORY_SLACK", 1 << 20)
+    assert len(trims) == 1 and engine.forward_passes - passes > 1  # only the hand-back that ends the call
+    monkeypatch.setattr(memory, "FREED_MEMORY_SLACK", 1 << 20)
     passes = engine.forward_passes
     engine.logprobs(reqs)
-    assert len(trims) == engine.forward_passes - passes
+    assert len(trims) == 1 + engine.forward_passes - passes + 1
 
 
-def test_onednn_kernel_cache_bounded_unless_the_user_chose():
-    read = "import os, hf_prospector.engine; print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'])"
+def test_engine_hands_freed_memory_back_after_every_call(engine, monkeypatch):
+    """The engine owns the memory policy: each call ends with an unconditional hand-back, so a long run (of
+    ``ds.map`` batches, or of golden-score candidates) stays flat without the scorers' help."""
+    calls = []
+    monkeypatch.setattr(memory, "release_freed_memory", lambda if_grown_by=0: calls.append(if_grown_by) or True)
+    engine.logprobs(varied_requests(6))
+    assert calls.count(0) == 1 and len(calls) > 1  # and the conditional check after each micro-batch
+    calls.clear()
+    engine.prefixed_logprobs([1, 50, 60], [Request([90, 91, 92], 0), Request(list(range(100, 140)), 5)])
+    assert calls.count(0) == 1
+
+
+def test_onednn_kernel_cache_bounded_by_the_engine_unless_the_user_chose(tiny_model_dir):
+    """Importing the engine changes nothing; building one caps oneDNN's cache before its first pass."""
+    read = ("import os, sys; from hf_prospector.engine import Engine; from hf_prospector.models import load_causal_lm\n"
+            "on_import = os.environ.get('ONEDNN_PRIMITIVE_CACHE_CAPACITY', 'unset')\n"
+            "Engine(*load_causal_lm(sys.argv[1]), dtype='float32', compile=False)\n"
+            "print(on_import, os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'])")
     env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
-    unset = subprocess.run([sys.executable, "-c", read], env=env, capture_output=True, text=True, check=True)
-    chosen = subprocess.run([sys.executable, "-c", read], env={**env, "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64"},
-                            capture_output=True, text=True, check=True)
-    assert (unset.stdout.strip(), chosen.stdout.strip()) == ("256", "64")
+    unset = subprocess.run([sys.executable, "-c", read, str(tiny_model_dir)], env=env, capture_output=True, text=True,
+                           check=True)
+    chosen = subprocess.run([sys.executable, "-c", read, str(tiny_model_dir)],
+                            env={**env, "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64"}, capture_output=True, text=True,
+                            check=True)
+    assert (unset.stdout.strip(), chosen.stdout.strip()) == ("unset 256", "64 64")
 
 
 def test_aligned_head_projects_as_the_head_does():
@@ -268,21 +298,21 @@ def test_aligned_head_projects_as_the_head_does():
     hidden = torch.randn(7, 16)
     for bias in (False, True):
         head = torch.nn.Linear(16, 50, bias=bias)  # 50 is not a multiple of 64
-        aligned = engine_module.AlignedHead(head)
+        aligned = hardware.AlignedHead(head)
         assert aligned.weight.shape == (64, 16)
         torch.testing.assert_close(aligned(hidden), head(hidden))
-    assert isinstance(engine_module.scoring_head(head, torch.device("cuda")), engine_module.AlignedHead)
-    assert engine_module.scoring_head(head, torch.device("cpu")) is head  # CPUs: not measured to help
+    assert isinstance(hardware.scoring_head(head, torch.device("cuda")), hardware.AlignedHead)
+    assert hardware.scoring_head(head, torch.device("cpu")) is head  # CPUs: not measured to help
     even = torch.nn.Linear(16, 128)
-    assert engine_module.scoring_head(even, torch.device("cuda")) is even
+    assert hardware.scoring_head(even, torch.device("cuda")) is even
 
 
 def test_attention_kernels_leave_out_cudnn_on_cuda_only():
     assert torch.backends.cuda.cudnn_sdp_enabled()
-    with engine_module.attention_kernels(torch.device("cuda")):
+    with hardware.attention_kernels(torch.device("cuda")):
         assert not torch.backends.cuda.cudnn_sdp_enabled() and torch.backends.cuda.flash_sdp_enabled()
     assert torch.backends.cuda.cudnn_sdp_enabled()
-    with engine_module.attention_kernels(torch.device("cpu")):
+    with hardware.attention_kernels(torch.device("cpu")):
         assert torch.backends.cuda.cudnn_sdp_enabled()
 
 

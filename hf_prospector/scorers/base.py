@@ -14,7 +14,7 @@ import torch
 from datasets import Dataset, Features, IterableDataset
 
 from .. import __version__
-from ..engine import Engine, release_freed_memory, resolve_compile, resolve_dtype
+from ..engine import Engine, resolve_compile, resolve_dtype
 from ..formats import ColumnMapping, batch_to_examples
 from ..models import DEFAULT_MODEL, load_causal_lm, model_fingerprint
 from ..utils import require_int
@@ -154,9 +154,7 @@ class Scorer:
         indices = next((e for e in extra if isinstance(e, list)), None)  # only with ds.map(with_indices=True)
         rank = next((e for e in extra if isinstance(e, int)), None)
         examples = batch_to_examples(batch, self.mapping, indices, self.turn, map_batch=True)
-        scores = self.score_examples(examples, self.engine(rank))
-        release_freed_memory()  # keeps a long run's memory flat (see the function)
-        return scores
+        return self.score_examples(examples, self.engine(rank))
 
     def score_examples(self, examples, engine: Engine) -> dict[str, list]:
         raise NotImplementedError

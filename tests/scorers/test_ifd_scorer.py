@@ -62,10 +62,11 @@ def test_batched_equals_one_row_at_a_time(tiny_model_dir, alpaca):
 
 
 def test_freed_memory_released_after_every_map_batch(tiny_model_dir, alpaca, monkeypatch):
-    import hf_prospector.scorers.base as base
+    from hf_prospector.engine import memory  # the engine hands memory back, at the end of each call
 
     calls = []
-    monkeypatch.setattr(base, "release_freed_memory", lambda: calls.append(1))
+    monkeypatch.setattr(memory, "release_freed_memory",
+                        lambda if_grown_by=0: calls.append(1) if not if_grown_by else None)
     alpaca.map(IFDScorer(str(tiny_model_dir), dtype="float32"), batched=True, batch_size=2, load_from_cache_file=False)
     assert len(calls) == 3  # 5 rows in batches of 2
 

@@ -1,0 +1,100 @@
+"""Per-device choices: the dtype, the token budget, how many positions the head projects at once, the attention
+kernels and a padded output projection. Each is a function of the device so the engine's code stays the same
+on a CPU and a GPU."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+
+import torch
+import torch.nn.functional as F
+
+try:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+except ImportError:  # torch < 2.3: no cuDNN attention to avoid
+    sdpa_kernel = None
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 matrix products natively (CUDA with bf16; CPU with AVX512-BF16 or AMX)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return _cpu_has_bf16()
+    return False
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_has_bf16() -> bool:
+    """Whether this CPU's flags (``/proc/cpuinfo``) name AVX512-BF16 or AMX-BF16."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """``auto`` = bfloat16 where the hardware computes it natively, else float32."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return torch.bfloat16 if native_bf16(device) else torch.float32
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in table:
+        raise ValueError(f"unknown dtype {dtype!r}; use 'auto', 'float32', 'bfloat16' or 'float16'")
+    return table[dtype]
+
+
+def default_token_budget(device: torch.device) -> int:
+    """Tokens per micro-batch: small on CPU (the activations stay in cache), large on GPUs."""
+    env = os.environ.get("HF_PROSPECTOR_TOKEN_BUDGET")
+    if env:
+        return int(env)
+    return 32768 if device.type == "cuda" else 2048
+
+
+def head_chunk(device: torch.device, compiled: bool) -> int:
+    """Positions whose logits are materialised at once. On a CPU the eager log-softmax makes several passes over
+    its [positions x vocabulary] float32 block, which must stay in cache; compiled, they fuse into one pass and a
+    larger block is best. GPUs want large blocks. bench: python bench/bench_ifd.py"""
+    if device.type == "cuda":
+        return 1024
+    return 256 if compiled else 64
+
+
+def attention_kernels(device: torch.device):
+    """The attention kernels the engine lets PyTorch choose from: on CUDA all but cuDNN's, which build an
+    execution plan for every new input shape, and every micro-batch has a new shape. bench: python bench/bench_gpu.py"""
+    if device.type != "cuda" or sdpa_kernel is None:
+        return contextlib.nullcontext()
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
+class AlignedHead(torch.nn.Module):
+    """A linear output projection padded with zero rows to a multiple of 64, whose extra logits are cut off.
+
+    GPU matrix units want aligned shapes: an unaligned vocabulary (GPT-2's 50,257) sends the projection to a slow
+    fallback kernel. Costs one copy of the projection's weights. bench: python bench/bench_gpu.py"""
+
+    def __init__(self, head: torch.nn.Linear, multiple: int = 64):
+        super().__init__()
+        self.vocab = head.out_features
+        extra = -self.vocab % multiple
+        self.weight = torch.nn.Parameter(F.pad(head.weight.detach(), (0, 0, 0, extra)), requires_grad=False)
+        self.bias = None if head.bias is None else torch.nn.Parameter(F.pad(head.bias.detach(), (0, extra)),
+                                                                      requires_grad=False)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return F.linear(hidden, self.weight, self.bias)[..., : self.vocab]
+
+
+def scoring_head(head: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """The output projection the engine applies: on CUDA an unaligned linear one is padded (:class:`AlignedHead`)."""
+    if device.type == "cuda" and isinstance(head, torch.nn.Linear) and head.out_features % 64:
+        return AlignedHead(head)
+    return head

@@ -1,0 +1,39 @@
+"""From the backbone's hidden states to log-probabilities: the output projection applied only at the scored
+positions, in chunks, with a float32 log-softmax (context tokens never pay for the vocabulary projection)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def logprobs_of(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log-softmax of each row of ``logits`` at its target, without materialising the whole log-softmax."""
+    return logits.gather(1, targets[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)
+
+
+def target_logprobs(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
+                    softcap: float | None) -> torch.Tensor:
+    """log p(target) at each row of ``hidden``: the output projection and a float32 log-softmax."""
+    logits = head(hidden).float()
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return logprobs_of(logits, targets)
+
+
+def gather_logprobs(project, hidden: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, targets: torch.Tensor,
+                    chunk: int) -> torch.Tensor:
+    """``project(hidden[rows, cols], targets)`` (a :func:`target_logprobs`) over ``chunk`` positions at a time."""
+    out = [project(hidden[rows[s:s + chunk], cols[s:s + chunk]], targets[s:s + chunk])
+           for s in range(0, len(rows), chunk)]
+    return torch.cat(out) if out else torch.empty(0, device=hidden.device)
+
+
+def head_matches_model(model, backbone, head: torch.nn.Module, softcap: float | None, device: torch.device) -> bool:
+    """Backbone + output projection give the model's own log-probabilities; otherwise the engine runs the full
+    forward. Guards against architectures that rescale logits in ways this module does not know of."""
+    ids = torch.arange(8, device=device) % model.config.vocab_size
+    with torch.inference_mode():
+        full = model(input_ids=ids[None]).logits[0].float().log_softmax(-1)
+        hidden = backbone(input_ids=ids[None]).last_hidden_state[0]
+        mine = target_logprobs(head, hidden, ids, softcap)
+    return bool(torch.allclose(full.gather(1, ids[:, None])[:, 0], mine, atol=1e-3, rtol=1e-3))
