@@ -22,7 +22,7 @@ from datasets.fingerprint import Hasher
 
 from .formats import ColumnMapping, batch_to_examples
 from .models import DEFAULT_ENCODER
-from .utils import as_encoder, require_column
+from .utils import as_encoder, renamed_keyword, require_column
 
 
 def default_embedding_column(encoder: str | None = None) -> str:
@@ -43,27 +43,30 @@ def cache_column(encoder: Any = None, column: str | None = None, text_fn: Callab
     return default_embedding_column(encoder)
 
 
-def embed_column(ds: Dataset, encoder: Any = None, column: str | None = None,
-                 text_fn: Callable[[dict], str] | None = None, columns: ColumnMapping | None = None,
+def embed_column(ds: Dataset, *, encoder: Any = None, column: str | None = None,
+                 text_fn: Callable[[dict], str] | None = None, mapping: ColumnMapping | None = None,
+                 columns: ColumnMapping | None = None,
                  batch_size: int = 64) -> Dataset:
     """``ds`` with a float32 embedding column (one vector per row), encoding only if the column is absent.
 
     ``encoder``: an encoder name for :func:`hf_prospector.models.load_encoder` (default all-MiniLM-L6-v2,
     loaded only when needed) or any object with a sentence-transformers ``encode(texts)``.
-    ``text_fn(row) -> str`` replaces the default text; ``columns`` maps a non-standard row layout.
+    ``text_fn(row) -> str`` replaces the default text; ``mapping`` maps a non-standard row layout
+    (``columns`` is its old name).
     """
+    mapping = renamed_keyword("mapping", mapping, "columns", columns)
     column = cache_column(encoder, column, text_fn)
     if column in ds.column_names:
         return ds
     model = as_encoder(encoder)
 
     def encode(batch: dict[str, list], indices: list[int]) -> dict[str, np.ndarray]:
-        texts = _texts(batch, indices, text_fn, columns)
+        texts = _texts(batch, indices, text_fn, mapping)
         vectors = model.encode(texts, batch_size=batch_size, show_progress_bar=False, convert_to_numpy=True)
         return {column: np.asarray(vectors, dtype=np.float32)}
 
     # Our own fingerprint: datasets would otherwise hash the encoder's weights on every call.
-    fingerprint = Hasher.hash((ds._fingerprint, "embed_column", column, text_fn, columns))
+    fingerprint = Hasher.hash((ds._fingerprint, "embed_column", column, text_fn, mapping))
     return ds.map(encode, batched=True, with_indices=True, new_fingerprint=fingerprint,
                   desc=f"Embedding into {column!r}")
 
@@ -90,9 +93,9 @@ def embedding_matrix(ds: Dataset, column: str) -> np.ndarray:
     return np.asarray(flat, dtype=np.float32).reshape(len(values), int(lengths[0]))
 
 
-def _texts(batch: dict[str, list], indices: list[int], text_fn, columns) -> list[str]:
+def _texts(batch: dict[str, list], indices: list[int], text_fn, mapping) -> list[str]:
     if text_fn is None:
-        return [e.full_text() for e in batch_to_examples(batch, columns, indices)]
+        return [e.full_text() for e in batch_to_examples(batch, mapping, indices)]
     keys = list(batch)
     texts = []
     for i, index in enumerate(indices):

@@ -65,7 +65,7 @@ def local_path(source: str, suffixes=tuple(_FILE_KINDS)) -> Path | None:
     return None
 
 
-def load_rows(source: str | None, split: str = "train", streaming: bool = False, what: str = "input"):
+def load_rows(source: str | None, *, split: str = "train", streaming: bool = False, what: str = "input"):
     """Load ``source`` as a Dataset (an IterableDataset with ``streaming=True``); ``None`` = the demo rows.
 
     ``what`` names the source in errors (``input``, ``task set``).

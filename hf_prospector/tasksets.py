@@ -17,7 +17,7 @@ from .sources import load_rows
 from .utils import as_encoder, require_int
 
 
-def load_task_set(source, split: str = "train", require_answers: bool = True) -> Dataset:
+def load_task_set(source, *, split: str = "train", require_answers: bool = True) -> Dataset:
     """A task set from a Dataset, a DatasetDict (``split``), a json/jsonl/parquet/csv file, a saved
     dataset or a Hub id, in any row format the library reads.
 
@@ -44,7 +44,7 @@ def load_task_set(source, split: str = "train", require_answers: bool = True) ->
     return ds
 
 
-def refine_task_set(ds: Dataset, k: int = 100, sample: int = 1000, encoder=None, seed: int = 0,
+def refine_task_set(ds: Dataset, *, k: int = 100, sample: int = 1000, encoder=None, seed: int = 0,
                     batch_size: int = 64) -> Dataset:
     """The ``k`` rows nearest the k-means centroids of a random ``sample`` of ``ds`` (SuperNUGGETS).
 

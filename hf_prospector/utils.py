@@ -11,6 +11,7 @@ import numbers
 import os
 import shutil
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -47,6 +48,17 @@ def require_unique_row_ids(values: Iterable, *, where: str = "",
 
 
 # -- columns --------------------------------------------------------------------------------------------------
+def renamed_keyword(new: str, new_value: Any, old: str, old_value: Any) -> Any:
+    """The value of keyword ``new``, taking it from its old name ``old`` with a DeprecationWarning (both given: an
+    error), so a renamed option keeps working for a release."""
+    if old_value is None:
+        return new_value
+    if new_value is not None:
+        raise ValueError(f"give {new}= only: {old}= is its old name")
+    warnings.warn(f"{old}= is now {new}=", DeprecationWarning, stacklevel=3)
+    return old_value
+
+
 def require_column(ds, name: str, what: str, fix: str) -> None:
     """A KeyError naming the missing column (``what``: e.g. "score column"), the columns there are and ``fix``."""
     if name not in ds.column_names:

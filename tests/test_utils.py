@@ -278,3 +278,35 @@ def test_as_encoder_accepts_an_object_or_loads_a_name(monkeypatch):
     assert as_encoder("all-minilm-l6-v2") == "encoder all-minilm-l6-v2"
     assert as_encoder() == "encoder None"
     assert loaded == ["all-minilm-l6-v2", None]
+
+
+def test_renamed_keyword_takes_the_old_name_with_a_warning_and_refuses_both():
+    from hf_prospector.utils import renamed_keyword
+
+    assert renamed_keyword("mapping", "new", "columns", None) == "new"
+    with pytest.warns(DeprecationWarning, match="columns= is now mapping="):
+        assert renamed_keyword("mapping", None, "columns", "old") == "old"
+    with pytest.raises(ValueError, match="give mapping= only"):
+        renamed_keyword("mapping", "new", "columns", "old")
+
+
+def test_inputs_are_mapped_by_mapping_everywhere_and_the_card_shows_score_columns(tmp_path):
+    """One meaning per name: ``mapping=`` is the input layout (scorers, embeddings, diversity); ``columns=`` is
+    its old name there, and the card's list of shown score columns is ``score_columns=``."""
+    import inspect
+
+    from hf_prospector import Scorer, embed_column, make_card, select_diverse, write_card
+
+    for fn in (Scorer.__init__, embed_column, select_diverse):
+        assert "mapping" in inspect.signature(fn).parameters, fn
+    for fn in (make_card, write_card):
+        assert "score_columns" in inspect.signature(fn).parameters, fn
+
+    from datasets import Dataset
+
+    scored = Dataset.from_dict({"instruction": ["a", "b"], "output": ["x", "y"], "ifd": [0.5, 0.7],
+                                "ifd_loss": [0.6, 0.8]})
+    assert "ifd_loss" in str(make_card(scored, tmp_path / "all", provenance={}))
+    with pytest.warns(DeprecationWarning, match="columns= is now score_columns="):
+        card = str(make_card(scored, tmp_path / "old", provenance={}, columns=["ifd"]))
+    assert "ifd" in card and "ifd_loss" not in card

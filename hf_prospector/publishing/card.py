@@ -24,9 +24,9 @@ from datasets import Dataset, DatasetDict, concatenate_datasets
 from huggingface_hub import DatasetCard, DatasetCardData
 
 import hf_prospector
-from hf_prospector.utils import (ROW_ID, float_column, format_number, markdown_table, new_figure, numeric_kind,
-                                 require_unique_row_ids, violin_figure)
 from hf_prospector._lazy import lazy_attributes
+from hf_prospector.utils import (ROW_ID, float_column, format_number, markdown_table, new_figure, numeric_kind,
+                                 renamed_keyword, require_unique_row_ids, violin_figure)
 
 # Score columns the library writes, in the order the card shows them.
 CARD_COLUMNS = ("ifd", "ifd_loss", "ppl_cond", "ppl_uncond", "loss_cond", "loss_uncond", "gold_score", "gold_delta")
@@ -130,7 +130,7 @@ def card_columns(ds: Dataset, requested: list[str] | None = None) -> list[str]:
             raise ValueError(f"score column {name!r} is not in the dataset (columns: {ds.column_names})")
         if numeric_kind(ds.features[name]) is None:  # "null" counts: every value is missing
             raise ValueError(f"score column {name!r} is not numeric ({ds.features[name]}); "
-                             "pass columns= with numeric columns only.")
+                             "pass score_columns= with numeric columns only.")
     return list(names)
 
 
@@ -208,12 +208,13 @@ def _ifd_violin(populations: Populations, threshold: float | None, path: Path) -
 # -- the card -------------------------------------------------------------------------------------------------
 def make_card(scored: Dataset | None, out_dir: str | Path, *, selected: Dataset | DatasetDict | None = None,
               provenance: Mapping[str, Any] | None = None, thresholds: Mapping[str, float] | None = None,
-              license: str | None = None, columns: list[str] | None = None) -> DatasetCard:
+              license: str | None = None, score_columns: list[str] | None = None,
+              columns: list[str] | None = None) -> DatasetCard:
     """The card of ``selected`` chosen from ``scored``; figures go to ``out_dir/figures`` and are linked relatively.
 
     Either dataset may be None: ``selected=None`` describes a scored dataset, ``scored=None`` the selected
     rows alone. ``thresholds`` (column -> value) are marked on the figures. ``license`` defaults to
-    ``provenance["license"]``; ``columns`` overrides the score columns shown. Only the PNGs are written.
+    ``provenance["license"]``; ``score_columns`` overrides the score columns shown (``columns`` is its old name). Only the PNGs are written.
     """
     if scored is None and selected is None:
         raise ValueError("make_card needs the scored dataset, the selected rows, or both")
@@ -222,7 +223,8 @@ def make_card(scored: Dataset | None, out_dir: str | Path, *, selected: Dataset 
     if selected is not None:
         splits = list(as_dataset_dict(selected).values())
         chosen = splits[0] if len(splits) == 1 else concatenate_datasets(splits)
-    names = card_columns(scored if scored is not None else chosen, columns)
+    score_columns = renamed_keyword("score_columns", score_columns, "columns", columns)
+    names = card_columns(scored if scored is not None else chosen, score_columns)
     thresholds = dict(thresholds or {})
     unknown = [c for c in thresholds if c not in names]
     if unknown:
@@ -292,10 +294,11 @@ def _as_list(value) -> list:
 
 def write_card(scored: Dataset | None, out_dir: str | Path, *, selected: Dataset | DatasetDict | None = None,
                provenance: Mapping[str, Any] | None = None, thresholds: Mapping[str, float] | None = None,
-               license: str | None = None, columns: list[str] | None = None) -> Path:
+               license: str | None = None, score_columns: list[str] | None = None,
+               columns: list[str] | None = None) -> Path:
     """The ``card`` command without publishing: ``out_dir/README.md`` and ``out_dir/figures/*.png``."""
     card = make_card(scored, out_dir, selected=selected, provenance=provenance, thresholds=thresholds, license=license,
-                     columns=columns)
+                     score_columns=score_columns, columns=columns)
     path = Path(out_dir) / "README.md"
     card.save(path)
     return path

@@ -7,7 +7,6 @@ A scorer is a callable for ``ds.map(scorer, batched=True)`` (add ``with_rank=Tru
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, Callable
 
 import torch
@@ -17,7 +16,7 @@ from .. import __version__
 from ..engine import Engine, resolve_compile, resolve_dtype
 from ..formats import ColumnMapping, batch_to_examples
 from ..models import DEFAULT_MODEL, load_causal_lm, model_fingerprint
-from ..utils import require_int
+from ..utils import renamed_keyword, require_int
 
 
 FORKED_CUDA = (
@@ -69,11 +68,7 @@ class Scorer:
                  mapping: ColumnMapping | dict | None = None, turn: str = "last", compile: bool | str | None = None,
                  columns: ColumnMapping | dict | None = None):
         """``mapping`` names the input columns (a :class:`ColumnMapping` or a dict); ``columns`` is its old name."""
-        if columns is not None:
-            if mapping is not None:
-                raise ValueError("give mapping= only: columns= is its old name")
-            warnings.warn("columns= is now mapping=", DeprecationWarning, stacklevel=3)
-            mapping = columns
+        mapping = renamed_keyword("mapping", mapping, "columns", columns)
         # Settings that cannot work fail here, not in a worker after the model has loaded.
         resolve_dtype(dtype, torch.device("cpu"))
         check_device(device)

@@ -34,7 +34,7 @@ from sklearn.neighbors import NearestNeighbors
 
 from ..embeddings import cache_column, embed_column, embedding_matrix
 from ..formats import ColumnMapping
-from ..utils import require_int
+from ..utils import renamed_keyword, require_int
 from .rules import SelectionReport, SelectionRule, check_order, fraction_count, select
 
 DENSE_MAX_ROWS = 5_000
@@ -126,7 +126,8 @@ def _lazy_greedy(similarity, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def select_diverse(ds: Dataset, k: int, *, encoder: Any = None, embedding_column: str | None = None,
-                   text_fn: Callable[[dict], str] | None = None, columns: ColumnMapping | None = None,
+                   text_fn: Callable[[dict], str] | None = None, mapping: ColumnMapping | None = None,
+                   columns: ColumnMapping | None = None,
                    n_neighbors: int | None = None, order: str = "ranked",
                    batch_size: int = 64) -> tuple[Dataset, SelectionReport]:
     """Facility-location selection of ``k`` rows of ``ds``, embedding them first if needed.
@@ -139,7 +140,8 @@ def select_diverse(ds: Dataset, k: int, *, encoder: Any = None, embedding_column
     order = check_order(order, "greedy")
     require_int("k", k, 1, len(ds), hint=f"the dataset has {len(ds)} rows to choose from")
     column = cache_column(encoder, embedding_column, text_fn)
-    ds = embed_column(ds, encoder, column, text_fn=text_fn, columns=columns, batch_size=batch_size)
+    mapping = renamed_keyword("mapping", mapping, "columns", columns)
+    ds = embed_column(ds, encoder=encoder, column=column, text_fn=text_fn, mapping=mapping, batch_size=batch_size)
     fl = FacilityLocation(k, n_neighbors=n_neighbors).fit(embedding_matrix(ds, column))
     picked = fl.ranking if order == "ranked" else np.sort(fl.ranking)
     rank = np.empty(len(ds), dtype=np.int64)

@@ -66,7 +66,7 @@ def test_selected_rows_without_scores_are_matched_by_row_id(tmp_path):
 
 def test_card_of_a_scored_dataset_alone_and_the_card_command(tmp_path):
     scored = scored_dataset(rows=12)
-    path = write_card(scored, tmp_path, provenance={"source": "local.json"}, columns=["ifd"])
+    path = write_card(scored, tmp_path, provenance={"source": "local.json"}, score_columns=["ifd"])
     card = DatasetCard.load(path)
     assert_stats_match(card.text, {("ifd", "all rows"): scored["ifd"]})
     assert "selected" not in card_sections(card.text)
@@ -117,7 +117,7 @@ def test_row_id_problems_are_named(tmp_path, selected, scored_ids, message):
 def test_bad_columns_thresholds_and_counts_are_refused(tmp_path):
     scored = Dataset.from_dict({"ifd": [0.5, 0.6], "note": ["a", "b"]})
     with pytest.raises(ValueError, match="'note' is not numeric"):
-        make_card(scored, tmp_path, provenance={}, columns=["note"])
+        make_card(scored, tmp_path, provenance={}, score_columns=["note"])
     with pytest.raises(ValueError, match="thresholds given for \\['gold_score'\\]"):
         make_card(scored, tmp_path, provenance={}, thresholds={"gold_score": 1.0})
     with pytest.raises(ValueError, match="no 'ifd' column and no row_id"):

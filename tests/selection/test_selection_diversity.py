@@ -171,7 +171,7 @@ def test_cached_embeddings_make_a_second_k_free():
     from hf_prospector.embeddings import embed_column
 
     encoder = FakeEncoder()
-    ds = embed_column(alpaca_rows(50), encoder, "emb")
+    ds = embed_column(alpaca_rows(50), encoder=encoder, column="emb")
     calls = encoder.calls
     small, _ = select_diverse(ds, 3, encoder=encoder, embedding_column="emb")
     large, _ = select_diverse(ds, 8, encoder=encoder, embedding_column="emb")
@@ -204,7 +204,7 @@ def test_superfiltering_d_end_to_end_with_minilm(minilm, shared_data):
     np.testing.assert_allclose(out["fl_gain"][:], gains, rtol=1e-4)
     assert report.kept + sum(report.dropped.values()) == len(ds) and report.dropped["not_finite"] == 2
 
-    embedded = embed_column(ds, spy, column)
+    embedded = embed_column(ds, encoder=spy, column=column)
     calls = spy.calls
     first, _ = select_superfiltering_d(embedded, k=3, ifd_fraction=0.5, encoder=spy, embedding_column=column)
     second, _ = select_superfiltering_d(embedded, k=6, ifd_fraction=0.5, encoder=spy, embedding_column=column)

@@ -18,7 +18,7 @@ TEXTS = ["Name a colour.\nBlue.", "Add the numbers.\n2 and 3\n5", "Say hi.\nHi!"
 
 def test_embeds_the_full_text_of_each_row():
     encoder = FakeEncoder()
-    ds = embed_column(Dataset.from_dict(ROWS), encoder, "emb")
+    ds = embed_column(Dataset.from_dict(ROWS), encoder=encoder, column="emb")
     assert encoder.texts == TEXTS
     np.testing.assert_allclose(embedding_matrix(ds, "emb"), FakeEncoder().encode(TEXTS), rtol=1e-6)
     assert embedding_matrix(ds, "emb").dtype == np.float32
@@ -26,20 +26,20 @@ def test_embeds_the_full_text_of_each_row():
 
 def test_the_column_is_a_cache_that_survives_select_and_save(tmp_path):
     encoder = FakeEncoder()
-    ds = embed_column(Dataset.from_dict(ROWS), encoder, "emb")
+    ds = embed_column(Dataset.from_dict(ROWS), encoder=encoder, column="emb")
     ds.select([2, 0]).save_to_disk(str(tmp_path / "saved"))
     reloaded = load_from_disk(str(tmp_path / "saved"))
-    assert embed_column(reloaded, encoder, "emb") is reloaded
+    assert embed_column(reloaded, encoder=encoder, column="emb") is reloaded
     assert encoder.calls == 1
     np.testing.assert_array_equal(embedding_matrix(reloaded, "emb"), embedding_matrix(ds, "emb")[[2, 0]])
 
 
 def test_text_fn_and_columns_change_the_text():
     encoder = FakeEncoder()
-    embed_column(Dataset.from_dict(ROWS), encoder, "emb_out", text_fn=lambda row: row["output"])
+    embed_column(Dataset.from_dict(ROWS), encoder=encoder, column="emb_out", text_fn=lambda row: row["output"])
     assert encoder.texts == ROWS["output"]
     with pytest.raises(TypeError, match="row 1: text_fn returned int"):
-        embed_column(Dataset.from_dict(ROWS), encoder, "x", text_fn=lambda row: 5 if row["input"] else "ok")
+        embed_column(Dataset.from_dict(ROWS), encoder=encoder, column="x", text_fn=lambda row: 5 if row["input"] else "ok")
 
 
 def test_cache_column_names():
