@@ -134,7 +134,20 @@ class PublishStep(Step):
         facts = selection_provenance(result.source, result.scorer, chosen.spec, chosen.report,
                                      recipe=result.recipe_file)
         chosen.publication = publish_rows(chosen.rows, self.target, scored=result.scored, provenance=facts,
-                                          thresholds=effective_threshold(chosen.rows, chosen.spec))
+                                          thresholds=effective_threshold(chosen.rows, chosen.spec),
+                                          sections=evidence_sections(result))
+
+
+def evidence_sections(result: RunResult) -> list[tuple[str, str]]:
+    """The card's "Evidence" section, when the recipe's evaluate section asks for it (``card: true``)."""
+    spec = result.recipe.evaluate
+    if spec is None or not spec.card or result.evidence is None:
+        return []
+    from .evaluation.compare import to_markdown
+
+    body = to_markdown(result.evidence, level=3).split("\n", 1)[1]  # the section's own title replaces the report's
+    return [("Evidence", "Each arm fine-tuned the base model with the same settings; eval loss of reference "
+                         "answers (lower is better), by hf-prospector's `evaluate`." + body)]
 
 
 def recipe_steps(recipe: Recipe, *, fresh: bool = False) -> list[Step]:
@@ -301,12 +314,12 @@ def evaluate_arms(spec: EvaluateSpec, selections: dict, eval_sets: dict, *, pool
 
 
 def publish_rows(selected, target: PublishSpec, *, scored=None, provenance: dict | None = None,
-                 thresholds: dict | None = None):
+                 thresholds: dict | None = None, sections=()):
     """Publish ``selected`` to ``target.path`` (a local git repository) or ``target.hub``: a Publication."""
     from .publishing import publish, publish_local
 
     options = dict(revision=target.revision, scored=scored, provenance=provenance, thresholds=thresholds,
-                   license=target.license, allow_empty=target.allow_empty)
+                   license=target.license, allow_empty=target.allow_empty, sections=sections)
     if target.path is not None:
         return publish_local(selected, target.path, **options)
     return publish(selected, target.hub, create_pr=target.create_pr, private=target.private, **options)

@@ -51,7 +51,7 @@ class LengthProfile:
         if self.correlations:
             parts += [f"Spearman rank correlation of each score with response length over {self.correlated_over} "
                       "(IFD is known to favour long responses; near 0: the score does not follow length):",
-                      markdown_table(["score", "Spearman ρ", "rows used", "rows excluded (NaN in either)"],
+                      markdown_table(["score column", "Spearman ρ", "rows used", "rows excluded (NaN in either)"],
                                      [[f"`{col}`", format_number(c.spearman), c.rows_used, c.rows_excluded]
                                       for col, c in self.correlations.items()])]
         return "\n\n".join(parts)
