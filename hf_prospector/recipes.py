@@ -41,6 +41,7 @@ from .utils import require_int
 
 SCORERS = ("ifd", "gold")
 BASELINES = ("random", "longest", "length_matched")
+ONE_RULE = "give one of 'rule' (a score column and a size) or 'baseline' (random, longest, length_matched)"
 
 
 class RecipeError(ValueError):
@@ -180,9 +181,8 @@ class SelectSpec:
     baseline: BaselineSpec | None = None  # instead of rule; the run sets rule from it
 
     def __post_init__(self):
-        if (self.rule is None) == (self.baseline is None):
-            raise ValueError("give one of 'rule' (a score column and a size) or 'baseline' (random, longest, "
-                             "length_matched)")
+        if self.rule is None and self.baseline is None:
+            raise ValueError(ONE_RULE)
 
     @property
     def slug(self) -> str:
@@ -320,6 +320,8 @@ def check_recipe(recipe: Recipe) -> None:
     if len(set(slugs)) < len(slugs):
         raise RecipeError(f"two selections are the same rule ({slugs}); each needs its own")
     for i, spec in enumerate(recipe.select):
+        if spec.rule is not None and spec.baseline is not None:
+            raise RecipeError(f"select[{i}]: {ONE_RULE}, not both")
         if spec.baseline is not None and spec.baseline.rule == "length_matched" and \
                 spec.baseline.reference not in slugs[:i]:
             raise RecipeError(f"select[{i}].baseline.reference: {spec.baseline.reference!r} is not an earlier "
