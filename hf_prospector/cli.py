@@ -64,7 +64,8 @@ def print_selection(spec: SelectSpec, report) -> None:
 def print_evidence(evidence: dict) -> None:
     """The evidence's report (the table per evaluation set) and where its files are."""
     print("\n" + Path(evidence["files"]["markdown"]).read_text(encoding="utf-8").rstrip())
-    print(f"\nevidence written to {Path(evidence['files']['markdown']).parent} (report.md, evidence.json, evidence.png)")
+    folder = Path(evidence["files"]["markdown"]).parent
+    print(f"\nevidence written to {folder} (report.md, evidence.json, evidence.png)")
 
 
 def print_publication(selected, where) -> None:
@@ -155,8 +156,8 @@ def _select_rule(args):
         if size is None and args.threshold is None:
             raise ValueError("give one of --top-fraction, --top-n or --threshold")
         return SelectionRule(column=args.column, top_fraction=args.top_fraction, top_n=args.top_n,
-                             threshold=args.threshold, lowest=args.lowest,
-                             ifd_max=None if args.no_ifd_max else args.ifd_max, ifd_max_inclusive=args.ifd_max_inclusive)
+                             threshold=args.threshold, lowest=args.lowest, ifd_max=None if args.no_ifd_max else
+                             args.ifd_max, ifd_max_inclusive=args.ifd_max_inclusive)
     if size is None:
         raise ValueError(f"--rule {args.rule} keeps --top-fraction F or --top-n N rows (--threshold applies to "
                          "--rule score only)")
@@ -227,8 +228,8 @@ def cmd_evaluate(args) -> None:
     if not arms and not wants:
         raise ValueError("no arms: give NAME=PATH selections, or baselines (--random-seeds, --longest) with --pool")
     pool = load_rows(args.pool, what="pool (scored dataset)") if args.pool else None
-    encoding = Encoding(**{k: v for k, v in dict(template=args.template, max_length=args.max_length,
-                                                  min_response_tokens=args.min_response_tokens).items() if v is not None})
+    given = dict(template=args.template, max_length=args.max_length, min_response_tokens=args.min_response_tokens)
+    encoding = Encoding(**{k: v for k, v in given.items() if v is not None})
     evidence = evaluate_arms(spec, arms, eval_sets, pool=pool, encoding=encoding, base_model=args.base_model,
                              mapping=_pairs(args.columns, "--columns") if args.columns else None, turn=args.turn)
     print_evidence(evidence)
@@ -270,7 +271,8 @@ def _seeds(text: str) -> list[int]:
     except ValueError:
         seeds = []
     if not seeds or min(seeds) < 0:
-        raise argparse.ArgumentTypeError(f"expected seeds as integers >= 0 separated by commas (e.g. 0,1,2), got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected seeds as integers >= 0 separated by commas (e.g. 0,1,2), "
+                                         f"got {text!r}")
     return seeds
 
 
@@ -444,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for report.md and figures (default: print only)")
     p.set_defaults(func=cmd_report)
 
-    p = command("evaluate", "fine-tune the base model on each arm and compare eval loss (95% bootstrap intervals)",
+    p = command("evaluate", "fine-tune the base model on each arm, compare eval loss with confidence intervals",
                 "hf-prospector evaluate ifd=out/top5.parquet --pool out/scored --random-seeds 0,1,2 --longest \\\n"
                 "    --length-matched ifd --eval held_out=gpt4.json --rows 500 --out out/evidence\n"
                 "hf-prospector evaluate a=out/a b=out/b random=out/random --eval eval.jsonl --steps 200 --out out/ev",
@@ -459,7 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--random-seeds", type=_seeds, help="random arms, one per seed (e.g. 0,1,2), named random-<seed>")
     p.add_argument("--longest", action="store_true", help="a longest-responses arm, named longest")
     p.add_argument("--length-matched", nargs="?", const="", metavar="ARM",
-                   help="a random arm length-matched to ARM (default: the first arm), named length-matched")
+                   help="a random arm length-matched to ARM (default: the first arm), named length-matched "
+                        "(put it after the arms)")
     p.add_argument("--baseline", default="random", help="the arm(s) each arm is compared with (default random: "
                                                         "the arms named random or random-<seed>)")
     p.add_argument("--base-model", help="the model fine-tuned (default smollm2-135m); .gguf file, folder or Hub id")
@@ -476,7 +479,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gradient-accumulation", type=int, default=defaults.gradient_accumulation,
                    help=f"default {defaults.gradient_accumulation}")
     p.add_argument("--warmup", type=float, default=defaults.warmup, help="a fraction of the steps below 1, else steps")
-    p.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help=f"default {defaults.weight_decay:g}")
+    p.add_argument("--weight-decay", type=float, default=defaults.weight_decay,
+                   help=f"default {defaults.weight_decay:g}")
     p.add_argument("--seed", type=int, default=defaults.seed, help="training seed, the same for every arm (default 0)")
     p.add_argument("--lora-r", type=int, help="train LoRA adapters of this rank (peft) instead of every weight")
     p.add_argument("--lora-alpha", type=int, default=32, help="LoRA alpha (default 32)")

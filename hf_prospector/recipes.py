@@ -145,7 +145,8 @@ class BaselineSpec:
             if self.by not in BY:
                 raise ValueError(f"by must be one of {', '.join(BY)}, got {self.by!r}")
         elif (self.top_fraction is None) == (self.top_n is None):
-            raise ValueError(f"a {self.rule} baseline needs exactly one of top_fraction (e.g. 0.05) or top_n (e.g. 500)")
+            raise ValueError(f"a {self.rule} baseline needs exactly one of top_fraction (e.g. 0.05) or top_n "
+                             "(e.g. 500)")
         else:
             self.make_rule()  # the rule checks its own size, seed and by
 
@@ -328,6 +329,9 @@ def check_recipe(recipe: Recipe) -> None:
                               f"selection of this recipe; name one of {slugs[:i] or 'them (there is none before it)'}")
     if recipe.evaluate is not None:
         check_evaluate(recipe.evaluate, slugs)
+        if recipe.evaluate.card and recipe.publish is None:
+            raise RecipeError("evaluate.card adds the evidence to the cards of the published selections: add a "
+                              "publish section, or leave card out (the report is in evaluate.out either way)")
     _check_paths(recipe)
 
 
@@ -370,8 +374,6 @@ def check_evaluate(spec: EvaluateSpec, slugs: list[str]) -> None:
             raise RecipeError(f"evaluate.baselines.length_matched.reference: {reference!r} is not a selection of this "
                               f"recipe; selections: {slugs}")
         require_int("evaluate.baselines.length_matched.bins", matched.bins, 1, error=RecipeError)
-    if spec.card and not spec.out:
-        raise RecipeError("evaluate.out: name a folder for the report")
     if spec.train.steps is not None:
         require_int("evaluate.train.steps", spec.train.steps, 1, error=RecipeError)
     for key in ("batch_size", "gradient_accumulation"):
@@ -438,7 +440,8 @@ def _check_paths(recipe: Recipe) -> None:
     if recipe.score.scorer == "gold":
         sources.append(("score.task_set", recipe.score.task_set))
     if recipe.evaluate is not None:
-        sources += [(f"evaluate.eval_sets.{name}.source", spec.source) for name, spec in recipe.evaluate.eval_sets.items()]
+        sources += [(f"evaluate.eval_sets.{name}.source", spec.source)
+                    for name, spec in recipe.evaluate.eval_sets.items()]
     for key, source in sources:
         path = local_path(source)
         if path is not None and not path.exists():

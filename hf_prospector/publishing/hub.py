@@ -95,8 +95,8 @@ def publish(selected: Dataset | DatasetDict, repo_id: str, *, revision: str | No
     result's ``revision`` is ``refs/pr/N``. Pushing to ``main`` itself needs ``allow_default_branch=True``.
     ``private`` applies when the repo is created. The license defaults to ``provenance["license"]``, else
     the source dataset's on the Hub, else the one already on the target card. A selection without rows
-    needs ``allow_empty=True``; ``sections`` are more ``(title, Markdown)`` card sections. An endpoint that cannot be reached is a
-    :class:`~hf_prospector.sources.HubUnreachableError` naming it.
+    needs ``allow_empty=True``; ``sections`` are more ``(title, Markdown)`` card sections. An endpoint that
+    cannot be reached is a :class:`~hf_prospector.sources.HubUnreachableError` naming it.
     """
     splits = as_dataset_dict(selected)
     require_rows(splits, allow_empty)

@@ -193,10 +193,12 @@ def test_select_random_and_longest_baselines_match_plain_python(varied, tmp_path
     path, ds = varied
     assert main(["select", str(path), "--rule", "random", "--top-n", "7", "--seed", "3", "--output",
                  str(tmp_path / "r")]) == 0
-    assert datasets.load_from_disk(str(tmp_path / "r"))["row_id"] == np.random.default_rng(3).permutation(50)[:7].tolist()
+    drawn = np.random.default_rng(3).permutation(50)[:7].tolist()
+    assert datasets.load_from_disk(str(tmp_path / "r"))["row_id"] == drawn
     out = capsys.readouterr().out
     assert "selection random-top7-seed3: kept 7 of 50 rows" in out and "43 not_drawn" in out
-    assert main(["select", str(path), "--rule", "longest", "--top-fraction", "0.2", "--output", str(tmp_path / "l")]) == 0
+    assert main(["select", str(path), "--rule", "longest", "--top-fraction", "0.2",
+                 "--output", str(tmp_path / "l")]) == 0
     lengths = ds["n_response_tokens"]
     assert datasets.load_from_disk(str(tmp_path / "l"))["row_id"] == sorted(range(50), key=lambda i: (-lengths[i], i))[:10]
     out = capsys.readouterr().out

@@ -181,6 +181,7 @@ def test_baselines_and_evaluate_parse_into_their_specs():
      r"evaluate\.baselines\.length_matched\.reference: 'x' is not a selection"),
     ({"evaluate": {**EVAL, "baselines": {"random": {}}}}, r"evaluate\.rows: the random and longest arms need a size"),
     ({"evaluate": EVAL}, r"evaluate: no arms to train"),
+    ({"select": [TOP], "evaluate": {**EVAL, "card": True}}, r"evaluate\.card adds the evidence .* add a publish section"),
     ({"select": [TOP], "evaluate": {"eval_sets": {"held": {"source": "no/such/file.json"}}}},
      r"evaluate\.eval_sets\.held\.source: no/such/file\.json does not exist"),
 ])
