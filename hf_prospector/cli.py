@@ -9,6 +9,7 @@ Each subcommand parses its options, calls the library and prints:
 * ``card``    write a dataset card for scored and selected rows;
 * ``publish`` publish selected rows to a local git dataset repository or the Hub;
 * ``report``  compare two scorings of the same rows, or assess scored datasets side by side;
+* ``evaluate`` fine-tune the base model on selections and baselines, compare eval loss with 95% intervals;
 * ``run``     run a YAML recipe (see :mod:`hf_prospector.recipes` and :mod:`hf_prospector.pipeline`).
 
 Inputs are Hub ids, json/jsonl/parquet/csv files, saved datasets or ``demo``; outputs are saved-dataset
@@ -24,8 +25,8 @@ import textwrap
 import traceback
 from pathlib import Path
 
-from .recipes import (DiversitySpec, InputSpec, PublishSpec, Recipe, RefineSpec, RunSpec, ScoreSpec, SelectSpec,
-                      load_recipe)
+from .recipes import (DiversitySpec, EvaluateSpec, EvidenceBaselines, InputSpec, LengthMatchedArm, PublishSpec,
+                      RandomArms, Recipe, RefineSpec, RunSpec, ScoreSpec, SelectSpec, load_recipe)
 from .sources import load_rows, save_rows
 from .utils import ROW_ID
 
@@ -39,7 +40,7 @@ RUN_DEFAULTS = RunSpec()  # the runner's defaults, without importing it (and dat
 # -- printing -------------------------------------------------------------------------------------------
 def print_step(step, result) -> None:
     """What a recipe step did (``on_step`` of :func:`hf_prospector.pipeline.run_recipe`)."""
-    from .pipeline import PublishStep, ScoreStep, SelectStep
+    from .pipeline import EvaluateStep, PublishStep, ScoreStep, SelectStep
 
     if isinstance(step, ScoreStep):
         if result.recipe.show:
@@ -50,14 +51,21 @@ def print_step(step, result) -> None:
     elif isinstance(step, PublishStep):
         chosen = result.selections[step.index]
         print_publication(chosen.rows, chosen.publication)
+    elif isinstance(step, EvaluateStep):
+        print_evidence(result.evidence)
 
 
 def print_selection(spec: SelectSpec, report) -> None:
-    dropped = ", ".join(f"{n} {reason}" for reason, n in report.dropped.items() if n)
-    print(f"\nselection {spec.slug}: kept {report.kept} of {report.considered} rows "
-          f"({report.eligible} eligible; dropped: {dropped or 'none'}). {report.note}")
+    print(f"\nselection {spec.slug}: {report.to_text()}")
     if spec.output:
         print(f"selected rows saved to {spec.output}")
+
+
+def print_evidence(evidence: dict) -> None:
+    """The evidence's report (the table per evaluation set) and where its files are."""
+    print("\n" + Path(evidence["files"]["markdown"]).read_text(encoding="utf-8").rstrip())
+    folder = Path(evidence["files"]["markdown"]).parent
+    print(f"\nevidence written to {folder} (report.md, evidence.json, evidence.png)")
 
 
 def print_publication(selected, where) -> None:
@@ -122,15 +130,38 @@ def cmd_taskset(args) -> None:
 
 def cmd_select(args) -> None:
     from .pipeline import select_rows
-    from .selection import SelectionRule
 
-    rule = SelectionRule(column=args.column, top_fraction=args.top_fraction, top_n=args.top_n,
-                         threshold=args.threshold, lowest=args.lowest,
-                         ifd_max=None if args.no_ifd_max else args.ifd_max, ifd_max_inclusive=args.ifd_max_inclusive)
+    scored = load_rows(args.scored, what="scored dataset")
+    rule = _select_rule(args)
     diversity = None if args.diversity is None else DiversitySpec(args.diversity, args.encoder)
     spec = SelectSpec(rule, diversity, args.output)
-    _, report = select_rows(load_rows(args.scored, what="scored dataset"), spec)
+    _, report = select_rows(scored, spec)
     print_selection(spec, report)
+
+
+def _select_rule(args):
+    """The rule ``select``'s options name: by a score column, or a baseline (random, longest, length-matched)."""
+    from .selection import SelectionRule, length_matched_random, longest, random_rows
+
+    size = args.top_n if args.top_n is not None else args.top_fraction
+    if args.rule == "length-matched":
+        if args.reference is None or size is not None or args.threshold is not None:
+            raise ValueError("--rule length-matched draws as many rows as --reference (a selection's rows) holds: "
+                             "give --reference PATH and no --top-fraction, --top-n or --threshold")
+        return length_matched_random(load_rows(args.reference, what="reference selection"), seed=args.seed,
+                                     bins=args.bins, by=args.by)
+    if args.reference is not None:
+        raise ValueError(f"--reference applies to --rule length-matched only, not --rule {args.rule}")
+    if args.rule == "score":
+        if size is None and args.threshold is None:
+            raise ValueError("give one of --top-fraction, --top-n or --threshold")
+        return SelectionRule(column=args.column, top_fraction=args.top_fraction, top_n=args.top_n,
+                             threshold=args.threshold, lowest=args.lowest, ifd_max=None if args.no_ifd_max else
+                             args.ifd_max, ifd_max_inclusive=args.ifd_max_inclusive)
+    if size is None:
+        raise ValueError(f"--rule {args.rule} keeps --top-fraction F or --top-n N rows (--threshold applies to "
+                         "--rule score only)")
+    return random_rows(size, seed=args.seed) if args.rule == "random" else longest(size, by=args.by)
 
 
 def cmd_card(args) -> None:
@@ -174,6 +205,36 @@ def cmd_report(args) -> None:
         print(f"\nreport written to {Path(args.out) / 'report.md'}")
 
 
+def cmd_evaluate(args) -> None:
+    from .evaluation import Encoding, TrainSettings
+    from .pipeline import evaluate_arms
+
+    arms = {name: load_rows(path, what=f"arm {name!r}") for name, path in map(_named, args.arms)}
+    eval_sets = {name: load_rows(path, what=f"evaluation set {name!r}") for name, path in map(_named, args.eval)}
+    lora = None if args.lora_r is None else {"r": args.lora_r, "alpha": args.lora_alpha}
+    settings = TrainSettings(epochs=args.epochs, steps=args.steps, learning_rate=args.learning_rate,
+                             batch_size=args.batch_size, gradient_accumulation=args.gradient_accumulation,
+                             warmup=args.warmup, weight_decay=args.weight_decay, seed=args.seed, lora=lora)
+    baselines = EvidenceBaselines(
+        random=RandomArms(args.random_seeds) if args.random_seeds else None, longest={} if args.longest else None,
+        length_matched=None if args.length_matched is None else LengthMatchedArm(args.length_matched or None))
+    spec = EvaluateSpec(eval_sets={}, out=args.out, baselines=baselines, baseline=args.baseline, rows=args.rows,
+                        tokens=args.tokens, equal_size=not args.unequal_sizes, train=settings,
+                        eval_columns=_pairs(args.eval_columns, "--eval-columns") if args.eval_columns else None,
+                        device=args.device, dtype=args.dtype, draws=args.draws)
+    wants = args.random_seeds or args.longest or args.length_matched is not None
+    if wants and not args.pool:
+        raise ValueError("--random-seeds, --longest and --length-matched draw rows from --pool (the scored dataset)")
+    if not arms and not wants:
+        raise ValueError("no arms: give NAME=PATH selections, or baselines (--random-seeds, --longest) with --pool")
+    pool = load_rows(args.pool, what="pool (scored dataset)") if args.pool else None
+    given = dict(template=args.template, max_length=args.max_length, min_response_tokens=args.min_response_tokens)
+    encoding = Encoding(**{k: v for k, v in given.items() if v is not None})
+    evidence = evaluate_arms(spec, arms, eval_sets, pool=pool, encoding=encoding, base_model=args.base_model,
+                             mapping=_pairs(args.columns, "--columns") if args.columns else None, turn=args.turn)
+    print_evidence(evidence)
+
+
 def cmd_run(args) -> None:
     recipe = load_recipe(args.recipe)
     if args.check:
@@ -198,6 +259,23 @@ def _pairs(text: str, option: str) -> dict[str, str]:
     return {key.strip(): value.strip() for key, _, value in pairs}
 
 
+def _named(item: str) -> tuple[str, str]:
+    """``NAME=PATH`` as (name, path); a bare path is named by its file name (without a suffix)."""
+    name, sep, path = item.partition("=")
+    return (name, path) if sep and name else (Path(item).stem, item)
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(x) for x in text.split(",")]
+    except ValueError:
+        seeds = []
+    if not seeds or min(seeds) < 0:
+        raise argparse.ArgumentTypeError(f"expected seeds as integers >= 0 separated by commas (e.g. 0,1,2), "
+                                         f"got {text!r}")
+    return seeds
+
+
 def _count_or_fraction(text: str) -> int | float:
     """``--diversity``: a row count (an integer >= 1) or a fraction of the rows (a number in (0, 1))."""
     try:
@@ -215,6 +293,12 @@ def _add_refine(p) -> None:
     p.add_argument("--refine-sample", type=int, default=1000, help="rows sampled before clustering (default 1000)")
     p.add_argument("--refine-seed", type=int, default=0, help="seed of the sample and k-means (default 0)")
     p.add_argument("--encoder", help="sentence encoder name or path (default: the embedded all-MiniLM-L6-v2)")
+
+
+def _train_defaults():
+    from .evaluation.training import TrainSettings  # cheap: no torch, no datasets
+
+    return TrainSettings()
 
 
 def _recipe_sections() -> str:
@@ -296,10 +380,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("select", "keep rows by a score column (top fraction, top n or threshold; then diversity)",
                 "hf-prospector select out/scored --top-fraction 0.05 --output out/top5.parquet\n"
                 "hf-prospector select out/scored --top-fraction 0.2 --diversity 0.02 --output out/diverse\n"
-                "hf-prospector select out/gold --column gold_score --threshold 0.85 --output out/nuggets")
+                "hf-prospector select out/gold --column gold_score --threshold 0.85 --output out/nuggets\n"
+                "hf-prospector select out/scored --rule random --top-n 500 --seed 1 --output out/random1\n"
+                "hf-prospector select out/scored --rule length-matched --reference out/top5.parquet --output out/lm")
     p.add_argument("scored", help="a scored dataset (folder, .parquet, ...)")
+    p.add_argument("--rule", choices=("score", "random", "longest", "length-matched"), default="score",
+                   help="score: by --column (default); random: rows at random (--seed); longest: the longest "
+                        "responses; length-matched: random rows whose response lengths follow --reference's")
     p.add_argument("--column", default="ifd", help="the score column to rank by (default ifd)")
-    which = p.add_mutually_exclusive_group(required=True)
+    p.add_argument("--seed", type=int, default=0, help="random, length-matched: the seed (default 0)")
+    p.add_argument("--reference", help="length-matched: the selection (rows) whose lengths to match")
+    p.add_argument("--bins", type=int, default=10, help="length-matched: quantile bins of length (default 10: deciles)")
+    p.add_argument("--by", choices=("auto", "n_response_tokens", "words"), default="auto",
+                   help="longest, length-matched: count response length by the scorer's n_response_tokens or "
+                        "words (default auto: n_response_tokens when present)")
+    which = p.add_mutually_exclusive_group()
     which.add_argument("--top-fraction", type=float, help="e.g. 0.05: the top 5%% of eligible rows")
     which.add_argument("--top-n", type=int, help="the N best eligible rows")
     which.add_argument("--threshold", type=float, help="keep rows with score > T (< T with --lowest)")
@@ -350,6 +445,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fraction", type=float, default=0.05, help="assess: the top/bottom fraction (default 0.05)")
     p.add_argument("--out", help="folder for report.md and figures (default: print only)")
     p.set_defaults(func=cmd_report)
+
+    p = command("evaluate", "fine-tune the base model on each arm, compare eval loss with confidence intervals",
+                "hf-prospector evaluate ifd=out/top5.parquet --pool out/scored --random-seeds 0,1,2 --longest \\\n"
+                "    --length-matched ifd --eval held_out=gpt4.json --rows 500 --out out/evidence\n"
+                "hf-prospector evaluate a=out/a b=out/b random=out/random --eval eval.jsonl --steps 200 --out out/ev",
+                "Each arm trains a fresh copy of --base-model with the same settings (TRL's SFTTrainer, loss on the\n"
+                "response only); arms already trained with these settings are reused from --out. Needs\n"
+                "pip install 'hf_prospector[evidence]'.")
+    p.add_argument("arms", nargs="*", help="NAME=PATH of each selection to train on (a bare PATH is named by its file)")
+    p.add_argument("--eval", action="append", required=True,
+                   help="NAME=PATH of an evaluation set of (instruction, reference response) rows; repeatable")
+    p.add_argument("--out", required=True, help="folder for report.md, evidence.json, evidence.png and the arms")
+    p.add_argument("--pool", help="the scored dataset the baseline arms are drawn from")
+    p.add_argument("--random-seeds", type=_seeds, help="random arms, one per seed (e.g. 0,1,2), named random-<seed>")
+    p.add_argument("--longest", action="store_true", help="a longest-responses arm, named longest")
+    p.add_argument("--length-matched", nargs="?", const="", metavar="ARM",
+                   help="a random arm length-matched to ARM (default: the first arm), named length-matched "
+                        "(put it after the arms)")
+    p.add_argument("--baseline", default="random", help="the arm(s) each arm is compared with (default random: "
+                                                        "the arms named random or random-<seed>)")
+    p.add_argument("--base-model", help="the model fine-tuned (default smollm2-135m); .gguf file, folder or Hub id")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--rows", type=int, help="every arm trains on its first N rows")
+    budget.add_argument("--tokens", type=int, help="every arm trains on its first rows holding N response tokens")
+    p.add_argument("--unequal-sizes", action="store_true", help="allow arms of different sizes (no --rows/--tokens)")
+    defaults = _train_defaults()
+    p.add_argument("--epochs", type=float, default=defaults.epochs, help=f"default {defaults.epochs:g}")
+    p.add_argument("--steps", type=int, help="optimizer steps per arm (overrides --epochs)")
+    p.add_argument("--learning-rate", type=float, default=defaults.learning_rate,
+                   help=f"default {defaults.learning_rate:g}")
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size, help=f"default {defaults.batch_size}")
+    p.add_argument("--gradient-accumulation", type=int, default=defaults.gradient_accumulation,
+                   help=f"default {defaults.gradient_accumulation}")
+    p.add_argument("--warmup", type=float, default=defaults.warmup, help="a fraction of the steps below 1, else steps")
+    p.add_argument("--weight-decay", type=float, default=defaults.weight_decay,
+                   help=f"default {defaults.weight_decay:g}")
+    p.add_argument("--seed", type=int, default=defaults.seed, help="training seed, the same for every arm (default 0)")
+    p.add_argument("--lora-r", type=int, help="train LoRA adapters of this rank (peft) instead of every weight")
+    p.add_argument("--lora-alpha", type=int, default=32, help="LoRA alpha (default 32)")
+    p.add_argument("--template", help="prompt template: plain (default), alpaca or chat, as the scorer used")
+    p.add_argument("--max-length", type=int, help="tokens per row (default 1024)")
+    p.add_argument("--min-response-tokens", type=int, help="response tokens a cut row must keep (default 16)")
+    p.add_argument("--columns", help="the arms' row layout, e.g. instruction=question,response=answer")
+    p.add_argument("--eval-columns", help="the evaluation sets' row layout, e.g. instruction=prompt,response=answer")
+    p.add_argument("--turn", choices=("last", "first"), default="last", help="chat rows: the turn trained on")
+    p.add_argument("--device", help="e.g. cpu or cuda:0 (default: a GPU when there is one)")
+    p.add_argument("--dtype", default="float32", help="evaluation dtype (default float32)")
+    p.add_argument("--draws", type=int, default=10000, help="bootstrap resamples (default 10000)")
+    p.set_defaults(func=cmd_evaluate)
 
     p = command("run", "run a YAML recipe: score, select, publish",
                 "hf-prospector run recipes/quickstart.yaml --check\n"

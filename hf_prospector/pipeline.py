@@ -8,7 +8,8 @@ Each :class:`Step` reads what the steps before it left in the :class:`RunResult`
 ``on_step`` sees each step as it finishes (the command line prints there, and nothing here prints).
 Under ``torchrun``/``accelerate launch`` every process scores its share and only the main process goes on to
 select and publish. The functions the steps call (:func:`score_input`, :func:`select_rows`,
-:func:`publish_rows`) also serve the ``score``, ``select`` and ``publish`` commands on their own.
+:func:`publish_rows`, :func:`evaluate_arms`) also serve the ``score``, ``select``, ``publish`` and ``evaluate``
+commands on their own.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from .recipes import InputSpec, PublishSpec, Recipe, RunSpec, ScoreSpec, SelectSpec, check_recipe, load_recipe
+from .recipes import (EvaluateSpec, EvidenceBaselines, InputSpec, PublishSpec, Recipe, RunSpec, ScoreSpec, SelectSpec,
+                      check_recipe, load_recipe)
 from .sources import load_rows, save_rows
 
 
@@ -44,6 +46,7 @@ class RunResult:
     scored: Any = None  # the scored rows (a Dataset)
     summary: Any = None  # runner.RunSummary: rows scored, resumed, NaN reasons
     selections: list[Selection] = field(default_factory=list)
+    evidence: dict | None = None  # run_evidence's result, with an evaluate section
 
     @property
     def publications(self) -> list:
@@ -82,8 +85,36 @@ class SelectStep(Step):
         self.spec, self.name = spec, f"select {spec.slug}"
 
     def run(self, result: RunResult) -> None:
-        rows, report = select_rows(result.scored, self.spec)
-        result.selections.append(Selection(self.spec, rows, report))
+        spec = self.spec
+        if spec.rule is None:  # a baseline: its rule is made now, from the reference selection's rows
+            base = spec.baseline
+            reference = next((s.rows for s in result.selections if s.spec.slug == base.reference), None)
+            tokenizer = result.scorer.engine().tokenizer if base.by == "tokens" else None
+            spec = dataclasses.replace(spec, rule=base.make_rule(reference, tokenizer))
+        rows, report = select_rows(result.scored, spec)
+        result.selections.append(Selection(spec, rows, report))
+
+
+class EvaluateStep(Step):
+    """Fine-tune the base model on each arm (selections and baselines), evaluate, compare: ``result.evidence``."""
+
+    name = "evaluate"
+
+    def __init__(self, spec: EvaluateSpec):
+        self.spec = spec
+
+    def run(self, result: RunResult) -> None:
+        from .evaluation import Encoding
+
+        recipe, spec = result.recipe, self.spec
+        chosen = spec.arms if spec.arms is not None else [s.spec.slug for s in result.selections]
+        selections = {s.spec.slug: s.rows for s in result.selections if s.spec.slug in chosen}
+        eval_sets = {name: load_input(source)[0] for name, source in spec.eval_sets.items()}
+        # Arms train and are evaluated on the tokens the scorer scored (its template and budget).
+        encoding = Encoding.of(result.scorer) if hasattr(result.scorer, "min_response_tokens") else Encoding()
+        result.evidence = evaluate_arms(spec, selections, eval_sets, pool=result.scored, encoding=encoding,
+                                        base_model=spec.base_model or recipe.score.model,
+                                        mapping=recipe.score.columns, turn=recipe.score.turn, log=lambda _: None)
 
 
 class PublishStep(Step):
@@ -103,13 +134,29 @@ class PublishStep(Step):
         facts = selection_provenance(result.source, result.scorer, chosen.spec, chosen.report,
                                      recipe=result.recipe_file)
         chosen.publication = publish_rows(chosen.rows, self.target, scored=result.scored, provenance=facts,
-                                          thresholds=effective_threshold(chosen.rows, chosen.spec))
+                                          thresholds=effective_threshold(chosen.rows, chosen.spec),
+                                          sections=evidence_sections(result))
+
+
+def evidence_sections(result: RunResult) -> list[tuple[str, str]]:
+    """The card's "Evidence" section, when the recipe's evaluate section asks for it (``card: true``)."""
+    spec = result.recipe.evaluate
+    if spec is None or not spec.card or result.evidence is None:
+        return []
+    from .evaluation.compare import to_markdown
+
+    body = to_markdown(result.evidence, level=3).split("\n", 1)[1]  # the section's own title replaces the report's
+    return [("Evidence", "Each arm fine-tuned the base model with the same settings; eval loss of reference "
+                         "answers (lower is better), by hf-prospector's `evaluate`." + body)]
 
 
 def recipe_steps(recipe: Recipe, *, fresh: bool = False) -> list[Step]:
-    """The steps of ``recipe``: score, each selection, then (with a ``publish`` section) each publication."""
+    """The steps of ``recipe``: score, each selection, the evidence (with an ``evaluate`` section), then (with a
+    ``publish`` section) each publication."""
     steps: list[Step] = [ScoreStep(recipe.input, recipe.score, recipe.run, fresh=fresh)]
     steps += [SelectStep(spec) for spec in recipe.select]
+    if recipe.evaluate is not None:
+        steps.append(EvaluateStep(recipe.evaluate))
     if recipe.publish is not None:
         steps += [PublishStep(recipe.publish, i) for i in range(len(recipe.select))]
     return steps
@@ -186,10 +233,13 @@ def score_input(inp: InputSpec, spec: ScoreSpec, run: RunSpec, *, fresh: bool = 
     return scored, summary, scorer, name
 
 
-def select_rows(scored, spec: SelectSpec):
-    """``(selected, report)`` for one selection: the rule, then facility location when ``spec.diversity``."""
+def select_rows(scored, spec: SelectSpec, *, tokenizer=None):
+    """``(selected, report)`` for one selection: the rule, then facility location when ``spec.diversity``. The report
+    carries the length profile of the selected rows against all (``tokenizer`` counts the instructions' tokens;
+    words without one)."""
     from .embeddings import cache_column
-    from .selection import fraction_count, select, select_diverse
+    from .selection import fraction_count, length_profile, select, select_diverse
+    from .selection.lengths import rows_measurable
 
     if spec.diversity is None:
         selected, report = select(scored, spec.rule)
@@ -203,18 +253,73 @@ def select_rows(scored, spec: SelectSpec):
         selected, second = select_diverse(pool, k, encoder=spec.diversity.encoder)
         selected = selected.remove_columns(cache_column(spec.diversity.encoder))
         report = first.followed_by(second)
+    if rows_measurable(scored):
+        report.lengths = length_profile(scored, selected, tokenizer=tokenizer)
     if spec.output:
         save_rows(selected, spec.output)
     return selected, report
 
 
+def baseline_arms(pool, baselines: EvidenceBaselines, selections: dict, *, rows: int | None = None,
+                  tokens: int | None = None) -> dict:
+    """The baseline arms drawn from ``pool`` (the scored rows): ``random-<seed>``, ``longest``, ``length-matched``.
+
+    Random and longest arms hold ``rows`` rows, else (under a token budget) every row in their order, else as many
+    as the first selection; the length-matched arm follows its reference selection (default: the first).
+    """
+    from .selection import length_matched_random, longest, random_rows, select
+
+    arms = {}
+    first = next(iter(selections.values()), None)
+    size = rows or (len(pool) if tokens else None) or (len(first) if first is not None else None)
+    if size is None and (baselines.random is not None or baselines.longest is not None):
+        raise ValueError("the random and longest arms need a size: give rows (or tokens), or a selection to match")
+    if size is not None and size < 1:
+        raise ValueError(f"the first selection kept no rows, so the random and longest arms would be empty; "
+                         f"give rows or loosen the selection")
+    for seed in (baselines.random.seeds if baselines.random is not None else []):
+        arms[f"random-{seed}"] = select(pool, random_rows(min(size, len(pool)), seed=seed))[0]
+    if baselines.longest is not None:
+        arms["longest"] = select(pool, longest(min(size, len(pool))))[0]
+    matched = baselines.length_matched
+    if matched is not None:
+        reference = matched.reference or next(iter(selections), None)
+        if reference not in selections:
+            raise ValueError(f"length_matched: no selection named {reference!r} to match (arms: {list(selections)})")
+        arms["length-matched"] = select(pool, length_matched_random(selections[reference], seed=matched.seed,
+                                                                    bins=matched.bins))[0]
+    clash = sorted(set(arms) & set(selections))
+    if clash:
+        raise ValueError(f"arm names {clash} are both a selection and a baseline; rename the selection")
+    return arms
+
+
+def evaluate_arms(spec: EvaluateSpec, selections: dict, eval_sets: dict, *, pool=None, encoding=None,
+                  base_model: str | None = None, mapping: dict | None = None, turn: str = "last",
+                  log: Callable[[str], None] = print) -> dict:
+    """Fine-tune and compare (:func:`hf_prospector.evaluation.run_evidence`): the ``selections`` (name -> rows) and
+    the baselines ``spec`` asks for, drawn from ``pool``; the result, with the report written to ``spec.out``."""
+    from .evaluation import run_evidence
+
+    extra = spec.baselines
+    wants = extra.random is not None or extra.longest is not None or extra.length_matched is not None
+    if wants and pool is None:
+        raise ValueError("baseline arms are drawn from the scored rows: give the pool (the scored dataset)")
+    arms = {**selections, **(baseline_arms(pool, extra, selections, rows=spec.rows, tokens=spec.tokens)
+                             if wants else {})}
+    return run_evidence(arms, eval_sets, spec.out, base_model=base_model, settings=spec.train, encoding=encoding,
+                        baseline=spec.baseline, rows=spec.rows, tokens=spec.tokens, equal_size=spec.equal_size,
+                        mapping=mapping, eval_mapping=spec.eval_columns, turn=turn, device=spec.device,
+                        dtype=spec.dtype, draws=spec.draws, log=log)
+
+
 def publish_rows(selected, target: PublishSpec, *, scored=None, provenance: dict | None = None,
-                 thresholds: dict | None = None):
+                 thresholds: dict | None = None, sections=()):
     """Publish ``selected`` to ``target.path`` (a local git repository) or ``target.hub``: a Publication."""
     from .publishing import publish, publish_local
 
     options = dict(revision=target.revision, scored=scored, provenance=provenance, thresholds=thresholds,
-                   license=target.license, allow_empty=target.allow_empty)
+                   license=target.license, allow_empty=target.allow_empty, sections=sections)
     if target.path is not None:
         return publish_local(selected, target.path, **options)
     return publish(selected, target.hub, create_pr=target.create_pr, private=target.private, **options)
@@ -239,7 +344,7 @@ def effective_threshold(selected, spec: SelectSpec) -> dict | None:
     rule = spec.rule
     if rule.threshold is not None:
         return {rule.column: rule.threshold}
-    if len(selected) == 0 or spec.diversity is not None:
-        return None
+    if len(selected) == 0 or spec.diversity is not None or rule.column not in selected.column_names:
+        return None  # (a baseline's key is computed, not a column of the rows)
     values = selected[rule.column]
     return {rule.column: float(max(values) if rule.lowest else min(values))}

@@ -8,8 +8,12 @@ A recipe has these sections; only ``score`` is required::
     run:     {output: prospector_out/scored, batch_size: 256, part_rows: 4096, part_seconds: 300, overwrite: false}
     select:  - rule: {column: ifd, top_fraction: 0.05}           # a SelectionRule
                diversity: {k: 0.02}                              # optional: then facility location
+             - baseline: {rule: random, top_n: 500, seed: 0}     # or longest; or length_matched with
+                                                                 # reference: <an earlier selection's slug>
     publish: {path: prospector_out/repo}                         # or {hub: user/name, create_pr: false}
                                                                  # also: revision, license, allow_empty
+    evaluate: {eval_sets: {held_out: {source: gpt4.json}}, baselines: {random: {seeds: [0, 1, 2]}},
+               rows: 500, train: {epochs: 1, learning_rate: 2.0e-5}, out: prospector_out/evidence}
     show: 10                                                     # score-table rows to print
 
 :func:`load_recipe` reads and checks it: an unknown key, a wrong type or a bad value is an error that
@@ -31,10 +35,13 @@ from typing import Any
 
 import yaml
 
+from .evaluation.training import TrainSettings
 from .selection import SelectionRule
 from .utils import require_int
 
 SCORERS = ("ifd", "gold")
+BASELINES = ("random", "longest", "length_matched")
+ONE_RULE = "give one of 'rule' (a score column and a size) or 'baseline' (random, longest, length_matched)"
 
 
 class RecipeError(ValueError):
@@ -109,20 +116,83 @@ class DiversitySpec:
 
 
 @dataclass
-class SelectSpec:
-    """One selection (published as its own revision): a rule, optionally followed by diversity."""
+class BaselineSpec:
+    """A baseline selection (:mod:`hf_prospector.selection.baselines`): ``random`` rows (``seed``), the ``longest``
+    responses, or random rows ``length_matched`` to an earlier selection of the recipe (``reference``: its slug;
+    their count is the reference's). Length is counted ``by`` auto (the scorer's ``n_response_tokens`` when the
+    scored rows have it, else words), ``n_response_tokens``, ``tokens`` (the scorer's tokenizer) or ``words``."""
 
-    rule: SelectionRule
+    rule: str
+    top_fraction: float | None = None
+    top_n: int | None = None
+    seed: int = 0
+    by: str = "auto"
+    bins: int = 10  # length_matched: quantile bins of the reference's lengths (10: deciles)
+    reference: str | None = None  # length_matched: the slug of an earlier selection in this recipe
+
+    def __post_init__(self):
+        if self.rule not in BASELINES:
+            raise ValueError(f"rule must be one of {', '.join(BASELINES)}, got {self.rule!r}")
+        if self.rule == "length_matched":
+            if self.top_fraction is not None or self.top_n is not None:
+                raise ValueError("a length_matched baseline draws as many rows as its reference selection kept; "
+                                 "leave out top_fraction and top_n")
+            if self.reference is None:
+                raise ValueError("a length_matched baseline needs reference: the slug of an earlier selection "
+                                 "(e.g. ifd-top5pct)")
+            require_int("bins", self.bins, 1)
+            from .selection.baselines import BY
+            if self.by not in BY:
+                raise ValueError(f"by must be one of {', '.join(BY)}, got {self.by!r}")
+        elif (self.top_fraction is None) == (self.top_n is None):
+            raise ValueError(f"a {self.rule} baseline needs exactly one of top_fraction (e.g. 0.05) or top_n "
+                             "(e.g. 500)")
+        else:
+            self.make_rule()  # the rule checks its own size, seed and by
+
+    def make_rule(self, reference=None, tokenizer=None) -> SelectionRule:
+        """The rule; ``reference`` is the reference selection's rows (length_matched), ``tokenizer`` counts
+        ``by: tokens``."""
+        from .selection import length_matched_random, longest, random_rows
+
+        size = self.top_n if self.top_n is not None else self.top_fraction
+        if self.rule == "random":
+            require_int("seed", self.seed, 0)
+            return random_rows(size, seed=self.seed)
+        if self.rule == "longest":
+            return longest(size, by=self.by, tokenizer=tokenizer)
+        return length_matched_random(reference, seed=self.seed, bins=self.bins, by=self.by, tokenizer=tokenizer)
+
+    @property
+    def slug(self) -> str:
+        """The rule's name (``random-top500-seed0``, ``longest-top5pct-auto``); a length-matched draw's names its
+        reference: ``length-matched-ifd-top5pct-seed0``."""
+        if self.rule == "length_matched":
+            return f"length-matched-{self.reference}-seed{self.seed}"
+        return self.make_rule().name
+
+
+@dataclass
+class SelectSpec:
+    """One selection (published as its own revision): a rule or a baseline, optionally followed by diversity."""
+
+    rule: SelectionRule | None = None
     diversity: DiversitySpec | None = None
     output: str | None = None  # also save the selected rows here (folder or .parquet)
+    baseline: BaselineSpec | None = None  # instead of rule; the run sets rule from it
+
+    def __post_init__(self):
+        if self.rule is None and self.baseline is None:
+            raise ValueError(ONE_RULE)
 
     @property
     def slug(self) -> str:
         """The rule's slug, plus the diversity step's: ``ifd-top20pct-fl2pct``."""
+        name = self.baseline.slug if self.baseline is not None else self.rule.name
         if self.diversity is None:
-            return self.rule.name
+            return name
         k = self.diversity.k
-        return f"{self.rule.name}-fl{f'{k * 100:g}pct' if isinstance(k, float) else k}".replace(".", "p")
+        return f"{name}-fl{f'{k * 100:g}pct' if isinstance(k, float) else k}".replace(".", "p")
 
 
 @dataclass
@@ -139,6 +209,55 @@ class PublishSpec:
 
 
 @dataclass
+class RandomArms:
+    """Random arms of the evidence: one per seed (named ``random-<seed>``)."""
+
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+
+
+@dataclass
+class LengthMatchedArm:
+    """A length-matched random arm (named ``length-matched``): random rows whose response lengths follow
+    ``reference`` (a selection's slug; default the first selection) in ``bins`` quantile bins."""
+
+    reference: str | None = None
+    seed: int = 0
+    bins: int = 10
+
+
+@dataclass
+class EvidenceBaselines:
+    """The baseline arms drawn from the scored rows, as many rows as ``evaluate.rows`` or the first arm; a section
+    left out adds no arm (``longest: {}`` adds one)."""
+
+    random: RandomArms | None = None
+    longest: dict | None = None  # {} adds the arm (named ``longest``)
+    length_matched: LengthMatchedArm | None = None
+
+
+@dataclass
+class EvaluateSpec:
+    """Fine-tune the base model on each arm (the recipe's selections and the baselines asked for), evaluate on the
+    evaluation sets, compare with ``baseline`` (:func:`hf_prospector.evaluation.run_evidence`)."""
+
+    eval_sets: dict[str, InputSpec]  # name -> rows of (instruction, reference response)
+    out: str = "prospector_out/evidence"
+    base_model: str | None = None  # default: the scorer's model
+    arms: list[str] | None = None  # selection slugs to train on (default: every selection)
+    baselines: EvidenceBaselines = field(default_factory=EvidenceBaselines)
+    baseline: str = "random"  # the arm (or arms, named <baseline>-<seed>) every arm is compared with
+    rows: int | None = None  # each arm trains on its first `rows` rows
+    tokens: int | None = None  # or on its first rows holding at most `tokens` response tokens
+    equal_size: bool = True
+    train: TrainSettings = field(default_factory=TrainSettings)
+    eval_columns: dict[str, str] | None = None  # the evaluation sets' layout, e.g. {instruction: q, response: a}
+    device: str | None = None
+    dtype: str = "float32"
+    draws: int = 10000  # bootstrap resamples
+    card: bool = False  # add an "Evidence" section to the cards of the published selections
+
+
+@dataclass
 class Recipe:
     score: ScoreSpec
     description: str = ""
@@ -147,6 +266,7 @@ class Recipe:
     select: list[SelectSpec] = field(default_factory=list)
     publish: PublishSpec | None = None
     show: int = 10
+    evaluate: EvaluateSpec | None = None
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -200,7 +320,66 @@ def check_recipe(recipe: Recipe) -> None:
     slugs = [s.slug for s in recipe.select]
     if len(set(slugs)) < len(slugs):
         raise RecipeError(f"two selections are the same rule ({slugs}); each needs its own")
+    for i, spec in enumerate(recipe.select):
+        if spec.rule is not None and spec.baseline is not None:
+            raise RecipeError(f"select[{i}]: {ONE_RULE}, not both")
+        if spec.baseline is not None and spec.baseline.rule == "length_matched" and \
+                spec.baseline.reference not in slugs[:i]:
+            raise RecipeError(f"select[{i}].baseline.reference: {spec.baseline.reference!r} is not an earlier "
+                              f"selection of this recipe; name one of {slugs[:i] or 'them (there is none before it)'}")
+    if recipe.evaluate is not None:
+        check_evaluate(recipe.evaluate, slugs)
+        if recipe.evaluate.card and recipe.publish is None:
+            raise RecipeError("evaluate.card adds the evidence to the cards of the published selections: add a "
+                              "publish section, or leave card out (the report is in evaluate.out either way)")
     _check_paths(recipe)
+
+
+def check_evaluate(spec: EvaluateSpec, slugs: list[str]) -> None:
+    """The arms exist, a budget is one of rows or tokens, and the baselines can be drawn."""
+    if not spec.eval_sets:
+        raise RecipeError("evaluate.eval_sets: give at least one evaluation set, e.g. {held_out: {source: eval.json}}")
+    for name in spec.arms or []:
+        if name not in slugs:
+            raise RecipeError(f"evaluate.arms: {name!r} is not a selection of this recipe; selections: {slugs}")
+    if spec.rows is not None and spec.tokens is not None:
+        raise RecipeError("evaluate: give rows or tokens (the budget every arm trains on), not both")
+    for key in ("rows", "tokens"):
+        if getattr(spec, key) is not None:
+            require_int(f"evaluate.{key}", getattr(spec, key), 1, error=RecipeError)
+    require_int("evaluate.draws", spec.draws, 1, error=RecipeError)
+    for name, source in spec.eval_sets.items():
+        if source.limit is not None:
+            require_int(f"evaluate.eval_sets.{name}.limit", source.limit, 1, error=RecipeError)
+        if source.streaming:
+            raise RecipeError(f"evaluate.eval_sets.{name}.streaming: an evaluation set is read whole; set it false")
+    chosen = spec.arms if spec.arms is not None else slugs
+    extra = spec.baselines
+    if not chosen and extra.random is None and extra.longest is None:
+        raise RecipeError("evaluate: no arms to train: add selections (select:) or baselines (evaluate.baselines)")
+    if extra.random is not None:
+        if not extra.random.seeds:
+            raise RecipeError("evaluate.baselines.random.seeds: give at least one seed, e.g. [0, 1, 2]")
+        for i, seed in enumerate(extra.random.seeds):
+            require_int(f"evaluate.baselines.random.seeds[{i}]", seed, 0, error=RecipeError)
+    if extra.longest:
+        raise RecipeError(f"evaluate.baselines.longest takes no settings yet (give {{}}), got {extra.longest}")
+    if (extra.random is not None or extra.longest is not None) and spec.rows is None and not chosen:
+        raise RecipeError("evaluate.rows: the random and longest arms need a size: set rows, or add a selection "
+                          "whose size they take")
+    matched = extra.length_matched
+    if matched is not None:
+        reference = matched.reference or (chosen[0] if chosen else None)
+        if reference not in slugs:
+            raise RecipeError(f"evaluate.baselines.length_matched.reference: {reference!r} is not a selection of this "
+                              f"recipe; selections: {slugs}")
+        require_int("evaluate.baselines.length_matched.bins", matched.bins, 1, error=RecipeError)
+    if spec.train.steps is not None:
+        require_int("evaluate.train.steps", spec.train.steps, 1, error=RecipeError)
+    for key in ("batch_size", "gradient_accumulation"):
+        require_int(f"evaluate.train.{key}", getattr(spec.train, key), 1, error=RecipeError)
+    if not spec.train.learning_rate > 0 or not spec.train.epochs > 0:
+        raise RecipeError("evaluate.train.learning_rate and evaluate.train.epochs must be > 0")
 
 
 def scorer_class(name: str) -> type:
@@ -260,6 +439,9 @@ def _check_paths(recipe: Recipe) -> None:
     sources = [("input.source", recipe.input.source)]
     if recipe.score.scorer == "gold":
         sources.append(("score.task_set", recipe.score.task_set))
+    if recipe.evaluate is not None:
+        sources += [(f"evaluate.eval_sets.{name}.source", spec.source)
+                    for name, spec in recipe.evaluate.eval_sets.items()]
     for key, source in sources:
         path = local_path(source)
         if path is not None and not path.exists():
@@ -320,6 +502,8 @@ def _value(kind, value: Any, where: str):
         return {_value(args[0], k, f"{where} key"): _value(args[1], v, f"{where}.{k}") for k, v in value.items()}
     if is_dataclass(kind):
         return _build(kind, value, where + ".")
+    if kind is dict and isinstance(value, dict):  # a free mapping (e.g. LoRA settings, handed on as given)
+        return value
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if kind in (str, int, float, bool) and isinstance(value, kind) and not (kind is int and isinstance(value, bool)):

@@ -24,7 +24,7 @@ import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 from datasets import Dataset
@@ -142,6 +142,7 @@ class AssessmentReport:
     fraction: float
     selection: str  # how the top rows are chosen, in words
     figures: dict[str, Path] = field(default_factory=dict)
+    lengths: dict[str, Any] = field(default_factory=dict)  # dataset -> selection.lengths.LengthProfile (top rows)
 
     def to_dict(self) -> dict:
         return _json_ready(asdict(self))
@@ -163,6 +164,10 @@ class AssessmentReport:
                          [[n, f"{_words(d.top_words)} ({d.top_rows} rows)",
                            f"{_words(d.bottom_words)} ({d.bottom_rows} rows)"] for n, d in self.datasets.items()]),
         ]
+        if self.lengths:
+            parts += ["## Length", f"All rows against the top {self.fraction:.0%} by IFD (\"selected\"), per dataset."]
+            for name, profile in self.lengths.items():
+                parts += [f"### {name}", profile.to_markdown()]
         for key, title in (("ifd_violin", "IFD"), ("perplexity_violin", "Perplexity")):
             if key in self.figures:
                 parts += [f"## {title}", f"![{title} per dataset]({self.figures[key].name})"]
@@ -226,10 +231,11 @@ def assess(datasets: Mapping[str, Dataset], *, out_dir: str | Path | None = None
     if not datasets:
         raise ValueError("assess needs at least one dataset, e.g. {'alpaca': scored_dataset}")
     rule = selection(fraction)
-    results = {}
+    results, tops = {}, {}
     for name, ds in datasets.items():
         _require_columns(ds, name)
         top, kept = _kept_positions(ds, rule)
+        tops[name] = top
         bottom, _ = _kept_positions(ds, replace(rule, lowest=True))
         results[name] = DatasetAssessment(
             rows=len(ds), scores={col: _summary(score_column(ds, col)) for col in REPORT_COLUMNS},
@@ -238,6 +244,11 @@ def assess(datasets: Mapping[str, Dataset], *, out_dir: str | Path | None = None
             bottom_words=_leading_words(ds, bottom, mapping).most_common(words))
 
     report = AssessmentReport(results, fraction, rule.describe())
+    from hf_prospector.selection.lengths import length_profile, rows_measurable
+
+    for name, ds in datasets.items():  # a table of scores alone has no text to measure
+        if rows_measurable(ds, mapping):
+            report.lengths[name] = length_profile(ds, ds.select(tops[name].tolist()), mapping=mapping)
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)

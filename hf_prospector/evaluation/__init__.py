@@ -5,14 +5,16 @@
 ...                       eval_set, "evidence/", base_model="smollm2-135m", rows=500,
 ...                       settings=TrainSettings(epochs=2, learning_rate=1e-4))
 
-Needs ``pip install 'hf_prospector[evidence]'`` (TRL; peft for LoRA).
+Needs ``pip install 'hf_prospector[evidence]'`` (TRL; peft for LoRA). Names load on first use, so a recipe names
+:class:`TrainSettings` without importing torch or datasets.
 """
 
-from .compare import bootstrap_interval, comparisons, write_report
-from .data import Encoding, as_train_dataset, encode_set, training_rows
-from .run import run_evidence
-from .scoring import eval_losses
-from .training import TrainSettings, fine_tune, make_trainer
+from .._lazy import lazy_attributes
 
-__all__ = ["Encoding", "TrainSettings", "as_train_dataset", "bootstrap_interval", "comparisons", "encode_set",
-           "eval_losses", "fine_tune", "make_trainer", "run_evidence", "training_rows", "write_report"]
+_EXPORTS = {".compare": ["bootstrap_interval", "comparisons", "write_report"],
+            ".data": ["Encoding", "as_train_dataset", "encode_set", "training_rows"],
+            ".run": ["run_evidence"], ".scoring": ["eval_losses"],
+            ".training": ["TrainSettings", "fine_tune", "make_trainer"]}
+
+__all__ = sorted(name for names in _EXPORTS.values() for name in names)
+__getattr__, __dir__ = lazy_attributes(__name__, {name: module for module, names in _EXPORTS.items() for name in names})

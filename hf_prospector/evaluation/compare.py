@@ -74,9 +74,10 @@ def write_report(result: dict, out_dir: str | Path) -> dict[str, Path]:
     return paths
 
 
-def to_markdown(result: dict) -> str:
+def to_markdown(result: dict, level: int = 1) -> str:
+    """The report; ``level`` is its title's heading level (2 inside a dataset card)."""
     arms = result["arms"]
-    lines = ["# Evidence: fine-tuned arms compared", "",
+    lines = [f"{'#' * level} Evidence: fine-tuned arms compared", "",
              f"Base model `{result['base_model']}`; settings: `{json.dumps(result['settings'])}`; encoding: "
              f"`{json.dumps(result['encoding'])}`."]
     for set_name, cmp in result["comparison"].items():
@@ -89,7 +90,7 @@ def to_markdown(result: dict) -> str:
                          a.get("eval_overlap", {}).get(set_name, 0)])
         spread = cmp["seed_spread"]
         lines += [
-            "", f"## Evaluation set `{set_name}`: {result['eval_rows'][set_name]} rows "
+            "", f"{'#' * (level + 1)} Evaluation set `{set_name}`: {result['eval_rows'][set_name]} rows "
                 f"({result['eval_unusable'][set_name]} unusable)", "",
             markdown_table(["arm", "rows", "training tokens", "mean response tokens", "eval loss", "perplexity",
                           f"diff vs {cmp['baseline']} [{int(cmp['level'] * 100)}% CI]", "eval rows also trained"], rows),
@@ -101,7 +102,7 @@ def to_markdown(result: dict) -> str:
             lines += ["", f"Seed-to-seed spread of the baseline arms' eval loss: sd {spread['sd']:.4f}, range "
                           f"{spread['range']:.4f} over {len(spread['arms'])} seeds. A gap smaller than this is noise."]
     if result.get("warnings"):
-        lines += ["", "## Warnings", ""] + [f"- {w}" for w in result["warnings"]]
+        lines += ["", f"{'#' * (level + 1)} Warnings", ""] + [f"- {w}" for w in result["warnings"]]
     return "\n".join(lines) + "\n"
 
 

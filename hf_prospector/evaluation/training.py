@@ -13,8 +13,10 @@ from __future__ import annotations
 import importlib.util
 import tempfile
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
-from datasets import Dataset
+if TYPE_CHECKING:  # datasets loads when an arm trains, so a recipe can name TrainSettings without it
+    from datasets import Dataset
 
 INSTALL_HINT = "pip install 'hf_prospector[evidence]'   (or: pip install trl peft)"
 

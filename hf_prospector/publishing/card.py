@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from datasets import Dataset, DatasetDict, concatenate_datasets
@@ -209,12 +209,14 @@ def _ifd_violin(populations: Populations, threshold: float | None, path: Path) -
 def make_card(scored: Dataset | None, out_dir: str | Path, *, selected: Dataset | DatasetDict | None = None,
               provenance: Mapping[str, Any] | None = None, thresholds: Mapping[str, float] | None = None,
               license: str | None = None, score_columns: list[str] | None = None,
-              columns: list[str] | None = None) -> DatasetCard:
+              sections: Sequence[tuple[str, str]] = (), columns: list[str] | None = None) -> DatasetCard:
     """The card of ``selected`` chosen from ``scored``; figures go to ``out_dir/figures`` and are linked relatively.
 
     Either dataset may be None: ``selected=None`` describes a scored dataset, ``scored=None`` the selected
     rows alone. ``thresholds`` (column -> value) are marked on the figures. ``license`` defaults to
-    ``provenance["license"]``; ``score_columns`` overrides the score columns shown (``columns`` is its old name). Only the PNGs are written.
+    ``provenance["license"]``; ``score_columns`` overrides the score columns shown (``columns`` is its old name).
+    ``sections`` are more ``(title, Markdown)`` sections, e.g. the evidence of a fine-tuning comparison. Only the PNGs
+    are written.
     """
     if scored is None and selected is None:
         raise ValueError("make_card needs the scored dataset, the selected rows, or both")
@@ -265,8 +267,25 @@ def make_card(scored: Dataset | None, out_dir: str | Path, *, selected: Dataset 
                   "the other statistics are over the finite values. \"all rows\" are the scored rows the "
                   "selection was made from.",
                   markdown_table(STAT_HEADER, table), *images]
+    parts += _length_section(scored, chosen, positions, names)
+    for title, text in sections:
+        parts += [f"## {title}", text.strip()]
     parts.append(SECTION_END)
     return DatasetCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(parts) + "\n")
+
+
+def _length_section(scored: Dataset | None, chosen: Dataset | None, positions: list[int] | None,
+                    names: list[str]) -> list[str]:
+    """Response and instruction lengths of all vs selected rows, and each score's Spearman ρ with response length
+    (IFD favours long responses); nothing for rows with no text to measure (a table of scores alone)."""
+    from hf_prospector.selection.lengths import length_profile, rows_measurable
+
+    pool = scored if scored is not None else chosen
+    picked = scored.select(positions) if positions is not None else chosen if scored is not None else None
+    if not rows_measurable(pool) or (picked is not None and not rows_measurable(picked)):
+        return []
+    profile = length_profile(pool, picked, columns=names, pool_label="all rows" if scored is not None else "selected")
+    return ["## Length", profile.to_markdown()]
 
 
 def merge_card(existing: DatasetCard, ours: DatasetCard) -> DatasetCard:
@@ -295,10 +314,10 @@ def _as_list(value) -> list:
 def write_card(scored: Dataset | None, out_dir: str | Path, *, selected: Dataset | DatasetDict | None = None,
                provenance: Mapping[str, Any] | None = None, thresholds: Mapping[str, float] | None = None,
                license: str | None = None, score_columns: list[str] | None = None,
-               columns: list[str] | None = None) -> Path:
+               sections: Sequence[tuple[str, str]] = (), columns: list[str] | None = None) -> Path:
     """The ``card`` command without publishing: ``out_dir/README.md`` and ``out_dir/figures/*.png``."""
     card = make_card(scored, out_dir, selected=selected, provenance=provenance, thresholds=thresholds, license=license,
-                     score_columns=score_columns, columns=columns)
+                     score_columns=score_columns, sections=sections, columns=columns)
     path = Path(out_dir) / "README.md"
     card.save(path)
     return path

@@ -18,7 +18,7 @@ import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 from datasets import Dataset, DatasetDict
 from huggingface_hub import CommitOperationAdd, DatasetCard, HfApi, get_token
@@ -86,7 +86,8 @@ def publish(selected: Dataset | DatasetDict, repo_id: str, *, revision: str | No
             scored: Dataset | None = None, provenance: Mapping[str, Any] | None = None,
             thresholds: Mapping[str, float] | None = None, license: str | None = None,
             allow_default_branch: bool = False, allow_empty: bool = False, create_pr: bool = False,
-            private: bool | None = None, token: str | None = None) -> Publication:
+            private: bool | None = None, token: str | None = None,
+            sections: Sequence[tuple[str, str]] = ()) -> Publication:
     """Push ``selected`` (a Dataset = split "train", or a DatasetDict) and its card to dataset repo ``repo_id``.
 
     ``revision`` is the branch (default: :func:`default_revision` of the provenance); with ``create_pr``
@@ -94,8 +95,8 @@ def publish(selected: Dataset | DatasetDict, repo_id: str, *, revision: str | No
     result's ``revision`` is ``refs/pr/N``. Pushing to ``main`` itself needs ``allow_default_branch=True``.
     ``private`` applies when the repo is created. The license defaults to ``provenance["license"]``, else
     the source dataset's on the Hub, else the one already on the target card. A selection without rows
-    needs ``allow_empty=True``. An endpoint that cannot be reached is a
-    :class:`~hf_prospector.sources.HubUnreachableError` naming it.
+    needs ``allow_empty=True``; ``sections`` are more ``(title, Markdown)`` card sections. An endpoint that
+    cannot be reached is a :class:`~hf_prospector.sources.HubUnreachableError` naming it.
     """
     splits = as_dataset_dict(selected)
     require_rows(splits, allow_empty)
@@ -118,7 +119,8 @@ def publish(selected: Dataset | DatasetDict, repo_id: str, *, revision: str | No
         with tempfile.TemporaryDirectory() as tmp:
             readme = api.hf_hub_download(repo_id, REPOCARD_NAME, repo_type="dataset", revision=data_commit.oid,
                                          local_dir=Path(tmp) / "pushed")
-            ours = make_card(scored, tmp, selected=splits, provenance=facts, thresholds=thresholds, license=license)
+            ours = make_card(scored, tmp, selected=splits, provenance=facts, thresholds=thresholds, license=license,
+                              sections=sections)
             card = merge_card(DatasetCard.load(readme), ours)
             operations = [CommitOperationAdd(REPOCARD_NAME, str(card).encode())]
             operations += [CommitOperationAdd(f"{FIGURES_DIR}/{png.name}", str(png))

@@ -14,7 +14,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from datasets import Dataset, DatasetDict, DatasetInfo, SplitDict, SplitInfo, config
 from datasets.info import DatasetInfosDict
@@ -134,7 +134,8 @@ def _write_data(repo: Path, splits: DatasetDict, card: DatasetCard) -> None:
 def publish_local(selected: Dataset | DatasetDict, path: str | Path, *, revision: str | None = None,
                   scored: Dataset | None = None, provenance: Mapping[str, Any] | None = None,
                   thresholds: Mapping[str, float] | None = None, license: str | None = None,
-                  allow_default_branch: bool = False, allow_empty: bool = False) -> Publication:
+                  allow_default_branch: bool = False, allow_empty: bool = False,
+                  sections: Sequence[tuple[str, str]] = ()) -> Publication:
     """Commit ``selected`` (a Dataset = split "train", or a DatasetDict) and its card on branch ``revision``.
 
     The branch is created from ``main`` when missing (named by :func:`default_revision` when ``revision``
@@ -142,7 +143,7 @@ def publish_local(selected: Dataset | DatasetDict, path: str | Path, *, revision
     statistics; without it the card describes the published rows alone. Publishing to ``main`` needs
     ``allow_default_branch=True``, and a selection without rows ``allow_empty=True``. Publishing what the
     revision already holds makes no commit: the result has ``unchanged=True`` and the revision's commit.
-    On failure the repository is put back as it was.
+    On failure the repository is put back as it was. ``sections`` are more ``(title, Markdown)`` card sections.
     """
     splits = as_dataset_dict(selected)
     require_rows(splits, allow_empty)
@@ -166,7 +167,8 @@ def publish_local(selected: Dataset | DatasetDict, path: str | Path, *, revision
         card = DatasetCard.load(readme) if readme.exists() else DatasetCard("---\n\n---\n")
         _write_data(repo, splits, card)
         shutil.rmtree(repo / FIGURES_DIR, ignore_errors=True)
-        ours = make_card(scored, repo, selected=splits, provenance=facts, thresholds=thresholds, license=license)
+        ours = make_card(scored, repo, selected=splits, provenance=facts, thresholds=thresholds, license=license,
+                          sections=sections)
         merge_card(card, ours).save(readme)
         if not created and not _changes(repo):  # the revision already holds these rows and this card
             return Publication(revision=revision, commit=_git(repo, "rev-parse", "HEAD").stdout.strip(),

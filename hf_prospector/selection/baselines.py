@@ -73,9 +73,16 @@ def resolve_by(by: str, ds: Dataset, tokenizer) -> str:
 
 
 def response_lengths(ds: Dataset, by: str, tokenizer=None, mapping: ColumnMapping | None = None,
-                     turn: str = "last", batch_size: int = 1000) -> np.ndarray:
+                     turn: str = "last", batch_size: int = 1000, *, part: str = "response") -> np.ndarray:
     """Response length of each row of ``ds`` as float64 (NaN: unreadable response), counted ``by`` one of
-    ``n_response_tokens``, ``tokens``, ``words`` (``auto`` resolved by :func:`resolve_by`)."""
+    ``n_response_tokens``, ``tokens``, ``words`` (``auto`` resolved by :func:`resolve_by`).
+
+    ``part="instruction"`` measures the prompt instead (instruction and input, or the chat turns before the
+    response, joined by newlines), in ``tokens`` or ``words`` (the scorer writes no count of its tokens)."""
+    if part not in ("response", "instruction"):
+        raise ValueError(f"part must be 'response' or 'instruction', got {part!r}")
+    if part == "instruction":
+        by = by if by in ("tokens", "words") else "tokens" if tokenizer is not None else "words"
     by = resolve_by(by, ds, tokenizer)
     if by == LENGTH_COLUMN:
         return score_column(ds, LENGTH_COLUMN)
@@ -84,10 +91,11 @@ def response_lengths(ds: Dataset, by: str, tokenizer=None, mapping: ColumnMappin
     for batch in ds.iter(batch_size=batch_size):
         examples = batch_to_examples(batch, mapping, list(range(start, start + len(next(iter(batch.values()))))), turn)
         readable = [k for k, e in enumerate(examples) if not e.reason]
+        texts = [examples[k].response if part == "response" else
+                 "\n".join(m["content"] for m in examples[k].messages) for k in readable]
         if by == "words":
-            counts = [len(examples[k].response.split()) for k in readable]
+            counts = [len(text.split()) for text in texts]
         else:
-            texts = [examples[k].response for k in readable]
             counts = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
         out[[start + k for k in readable]] = counts
         start += len(examples)

@@ -30,7 +30,7 @@ import math
 import re
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -69,6 +69,7 @@ class SelectionReport:
     kept: int
     dropped: dict[str, int] = field(default_factory=dict)
     note: str = ""
+    lengths: Any = None  # a selection.lengths.LengthProfile of the kept rows against all, when measured
 
     def __post_init__(self):
         if self.kept + sum(self.dropped.values()) != self.considered:
@@ -86,7 +87,17 @@ class SelectionReport:
                                dropped, f"{self.note} Then: {nxt.note}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        if self.lengths is None:  # not measured (e.g. a select() call): no key, as before lengths were reported
+            del out["lengths"]
+        return out
+
+    def to_text(self) -> str:
+        """What was kept and dropped, the note, and the length profile when measured."""
+        dropped = ", ".join(f"{n} {reason}" for reason, n in self.dropped.items() if n)
+        text = (f"kept {self.kept} of {self.considered} rows ({self.eligible} eligible; dropped: {dropped or 'none'}). "
+                f"{self.note}").rstrip()
+        return text + ("\n" + self.lengths.to_text() if self.lengths is not None else "")
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 
 import datasets
 import numpy as np
@@ -170,3 +171,123 @@ def test_score_column_mapping_option(tiny_model_dir, tmp_path, capsys):
     assert "Say hi." in table[1] and "Count to three." in table[2]  # the table reads the mapped columns
     scored = datasets.load_from_disk(str(tmp_path / "out"))
     assert scored.column_names[:3] == ["row_id", "q", "a"] and all(math.isfinite(v) for v in scored["ifd"])
+
+
+# -- baselines, length profiles and the evidence (issue 20) ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def varied(tmp_path_factory):
+    """Rows with responses of 1-20 words (ties), n_response_tokens = 3 x words, IFD rising with length."""
+    rng = np.random.default_rng(11)
+    words = rng.integers(1, 21, 50).tolist()
+    ds = datasets.Dataset.from_dict({
+        "row_id": list(range(50)), "instruction": [f"Task {i}: write." for i in range(50)], "input": [""] * 50,
+        "output": [" ".join(["w"] * k) for k in words], "n_response_tokens": [3 * k for k in words],
+        "ifd": [min(0.99, k / 25 + float(rng.uniform(0, 0.1))) for k in words]})
+    path = tmp_path_factory.mktemp("varied") / "scored"
+    ds.save_to_disk(str(path))
+    return path, ds
+
+
+def test_select_random_and_longest_baselines_match_plain_python(varied, tmp_path, capsys):
+    path, ds = varied
+    assert main(["select", str(path), "--rule", "random", "--top-n", "7", "--seed", "3", "--output",
+                 str(tmp_path / "r")]) == 0
+    drawn = np.random.default_rng(3).permutation(50)[:7].tolist()
+    assert datasets.load_from_disk(str(tmp_path / "r"))["row_id"] == drawn
+    out = capsys.readouterr().out
+    assert "selection random-top7-seed3: kept 7 of 50 rows" in out and "43 not_drawn" in out
+    assert main(["select", str(path), "--rule", "longest", "--top-fraction", "0.2",
+                 "--output", str(tmp_path / "l")]) == 0
+    lengths = ds["n_response_tokens"]
+    assert datasets.load_from_disk(str(tmp_path / "l"))["row_id"] == sorted(range(50), key=lambda i: (-lengths[i], i))[:10]
+    out = capsys.readouterr().out
+    # The length profile: all rows against the selected, and IFD's rank correlation with length (scipy's).
+    from scipy.stats import spearmanr
+
+    rho = spearmanr(ds["ifd"], lengths).statistic
+    assert f"response length (n_response_tokens): all rows mean {np.mean(lengths):.1f}" in out
+    assert f"selected mean {np.mean(sorted(lengths)[-10:]):.1f}" in out
+    assert f"Spearman with response length (all rows): ifd {rho:+.3f}" in out
+
+
+def test_select_length_matched_follows_the_reference(varied, tmp_path, capsys):
+    from hf_prospector.selection import length_matched_random, select
+
+    path, ds = varied
+    assert main(["select", str(path), "--top-n", "10", "--output", str(tmp_path / "top.parquet")]) == 0
+    args = ["select", str(path), "--rule", "length-matched", "--reference", str(tmp_path / "top.parquet"),
+            "--seed", "2", "--bins", "4", "--output", str(tmp_path / "lm")]
+    assert main(args) == 0
+    reference = datasets.Dataset.from_parquet(str(tmp_path / "top.parquet"))
+    expected, _ = select(ds, length_matched_random(reference, seed=2, bins=4))
+    assert datasets.load_from_disk(str(tmp_path / "lm"))["row_id"] == expected["row_id"]
+    assert re.search(r"selection length-matched-random-10-4bins-seed2-\w+: kept 10 of 50 rows", capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--rule", "length-matched", "--top-n", "3"], "--rule length-matched draws as many rows as --reference"),
+    (["--rule", "random", "--threshold", "0.5"], "--rule random keeps --top-fraction F or --top-n N rows"),
+    (["--rule", "longest", "--top-n", "3", "--reference", "x"], "--reference applies to --rule length-matched only"),
+    ([], "give one of --top-fraction, --top-n or --threshold"),
+])
+def test_select_baseline_options_are_checked(varied, tmp_path, capsys, options, message):
+    path, _ = varied
+    assert main(["select", str(path), *options, "--output", str(tmp_path / "x")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_card_and_assess_show_the_length_profile(varied, tmp_path, capsys):
+    path, ds = varied
+    assert main(["select", str(path), "--rule", "longest", "--top-n", "5", "--output", str(tmp_path / "sel")]) == 0
+    assert main(["card", str(path), "--selected", str(tmp_path / "sel"), "--out", str(tmp_path / "card")]) == 0
+    card = (tmp_path / "card" / "README.md").read_text()
+    lengths = sorted(ds["n_response_tokens"])
+    assert "## Length" in card and f"| response (n_response_tokens) | selected | 5 | 0 | {np.mean(lengths[-5:]):.1f} |" in card
+    assert main(["report", "assess", f"mine={path}", "--fraction", "0.2"]) == 2  # no perplexity columns: refused
+    capsys.readouterr()
+    full = ds.map(lambda r: {"ppl_cond": r["ifd"] * 3, "ppl_uncond": 3.0})
+    full.save_to_disk(str(tmp_path / "full"))
+    assert main(["report", "assess", f"mine={tmp_path / 'full'}", "--fraction", "0.2"]) == 0
+    out = capsys.readouterr().out
+    from scipy.stats import spearmanr
+
+    assert "## Length" in out and f"| `ifd` | {spearmanr(ds['ifd'], ds['n_response_tokens']).statistic:.3f} |" in out
+
+
+def test_evaluate_command_trains_the_arms_and_the_baselines(varied, tiny_model_dir, tmp_path, capsys):
+    pytest.importorskip("trl")
+    path, ds = varied
+    assert main(["select", str(path), "--top-n", "6", "--output", str(tmp_path / "ifd.parquet")]) == 0
+    held_out = datasets.Dataset.from_dict({"instruction": [f"Explain {i}." for i in range(8)],
+                                           "output": [" ".join(["w"] * (i + 1)) for i in range(8)]})
+    held_out.to_json(str(tmp_path / "eval.jsonl"))
+    out = tmp_path / "evidence"
+    args = ["evaluate", f"ifd={tmp_path / 'ifd.parquet'}", "--pool", str(path), "--random-seeds", "0,1", "--longest",
+            "--length-matched", "--eval", f"held={tmp_path / 'eval.jsonl'}", "--base-model", str(tiny_model_dir),
+            "--steps", "1", "--batch-size", "2", "--draws", "200", "--out", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    stored = json.loads((out / "evidence.json").read_text())
+    assert set(stored["arms"]) == {"base", "ifd", "random-0", "random-1", "longest", "length-matched"}
+    assert stored["comparison"]["held"]["baseline_arms"] == ["random-0", "random-1"]
+    # Each baseline arm trained on the rows its rule picks: its response tokens, counted here with the tokenizer.
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    count = lambda rows: sum(len(tokenizer(ds["output"][i], add_special_tokens=False)["input_ids"]) for i in rows)
+    assert stored["arms"]["random-1"]["training_tokens"] == count(np.random.default_rng(1).permutation(50)[:6])
+    lengths = ds["n_response_tokens"]
+    assert stored["arms"]["longest"]["training_tokens"] == count(sorted(range(50), key=lambda i: (-lengths[i], i))[:6])
+    assert all(stored["arms"][a]["rows"] == 6 for a in stored["arms"] if a != "base")
+    assert "| longest | 6 |" in printed and f"evidence written to {out}" in printed
+    # A second run reuses every arm; a bad input is one line naming it.
+    assert main(args) == 0
+    assert capsys.readouterr().out.count("already trained and evaluated with these settings") == 5
+    assert main(["evaluate", "--random-seeds", "0", "--eval", str(tmp_path / "eval.jsonl"), "--out", str(out)]) == 2
+    assert "draw rows from --pool" in capsys.readouterr().err
+    held_out.select_columns(["instruction"]).to_json(str(tmp_path / "questions.jsonl"))
+    assert main(["evaluate", f"ifd={tmp_path / 'ifd.parquet'}", "--eval", f"q={tmp_path / 'questions.jsonl'}",
+                 "--base-model", str(tiny_model_dir), "--out", str(tmp_path / "x")]) == 2
+    assert "evaluation set 'q': no instruction/response columns" in capsys.readouterr().err

@@ -225,12 +225,12 @@ def test_an_unreachable_hub_endpoint_is_one_line_in_a_real_process(selected, tmp
 def test_help_describes_every_option_with_an_example():
     parser = build_parser()
     commands = next(a for a in parser._actions if a.dest == "command").choices
-    assert set(commands) == {"score", "taskset", "select", "card", "publish", "report", "run"}
+    assert set(commands) == {"score", "taskset", "select", "card", "publish", "report", "evaluate", "run"}
     for name, sub in commands.items():
         undescribed = [a.dest for a in sub._actions if not a.help]
         assert undescribed == [], f"{name}: {undescribed}"
         text = sub.format_help()
         assert f"examples:\n  hf-prospector {name} " in text or f"-m hf_prospector {name} " in text, name
     run_help = commands["run"].format_help()
-    for section in ("description:", "input:", "score:", "run:", "select:", "publish:", "show:"):
+    for section in ("description:", "input:", "score:", "run:", "select:", "publish:", "evaluate:", "show:"):
         assert f"\n  {section}" in run_help, section

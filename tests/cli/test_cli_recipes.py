@@ -7,7 +7,8 @@ import yaml
 
 from hf_prospector.cli import main
 from hf_prospector.recipes import Recipe, RecipeError, load_recipe, parse_recipe
-from hf_prospector.selection import SelectionRule
+from hf_prospector.evaluation import TrainSettings
+from hf_prospector.selection import SelectionRule, random_rows
 
 RECIPES = sorted((Path(__file__).resolve().parents[2] / "recipes").glob("*.yaml"))
 PAPER_RECIPES = {"superfiltering", "superfiltering_diversity", "cherry_ifd", "nuggets", "supernuggets"}
@@ -125,3 +126,65 @@ def test_the_command_line_reports_a_bad_recipe(tmp_path, capsys):
     path = write(tmp_path, yaml.safe_dump({"score": {"scorer": "ifd", "max_lenght": 5}}))
     assert main(["run", str(path)]) == 2
     assert f"{path}: unknown key 'score.max_lenght'" in capsys.readouterr().err
+
+
+# -- baselines and the evaluate section (issue 20) ------------------------------------------------------------------
+
+SCORE = {"scorer": "ifd"}
+TOP = {"rule": {"top_n": 3}}
+EVAL = {"eval_sets": {"held": {"source": "demo"}}}
+
+
+def test_baselines_and_evaluate_parse_into_their_specs():
+    recipe = parse_recipe({"score": SCORE, "select": [
+        TOP, {"baseline": {"rule": "random", "top_n": 3, "seed": 2}}, {"baseline": {"rule": "longest", "top_fraction": 0.1}},
+        {"baseline": {"rule": "length_matched", "reference": "ifd-top3", "bins": 4}}],
+        "evaluate": {**EVAL, "rows": 3, "baselines": {"random": {"seeds": [0, 1]}, "longest": {}, "length_matched": {}},
+                     "train": {"steps": 2, "learning_rate": 1e-3, "lora": {"r": 4}}}})
+    assert [s.slug for s in recipe.select] == ["ifd-top3", "random-top3-seed2", "longest-top10pct-auto",
+                                               "length-matched-ifd-top3-seed0"]
+    assert recipe.select[1].baseline.make_rule() == random_rows(3, seed=2)
+    ev = recipe.evaluate
+    assert ev.baselines.random.seeds == [0, 1] and ev.baselines.longest == {} and ev.baselines.length_matched.bins == 10
+    assert ev.train == TrainSettings(steps=2, learning_rate=1e-3, lora={"r": 4}) and ev.rows == 3
+    assert parse_recipe({"score": SCORE, "select": [TOP], "evaluate": EVAL}).evaluate.baselines.random is None
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"select": [TOP, {"baseline": {"rule": "rnd", "top_n": 3}}]},
+     r"select\[1\]\.baseline: rule must be one of random, longest, length_matched, got 'rnd'"),
+    ({"select": [{"baseline": {"rule": "random"}}]}, r"select\[0\]\.baseline: a random baseline needs exactly one of"),
+    ({"select": [{"baseline": {"rule": "random", "top_n": 3, "sede": 1}}]}, r"unknown key 'select\[0\]\.baseline\.sede'"),
+    ({"select": [TOP, {"baseline": {"rule": "length_matched"}}]}, r"select\[1\]\.baseline: .*needs reference"),
+    ({"select": [TOP, {"baseline": {"rule": "length_matched", "reference": "ifd-top3", "top_n": 3}}]},
+     r"select\[1\]\.baseline: .*leave out top_fraction and top_n"),
+    ({"select": [{"baseline": {"rule": "length_matched", "reference": "ifd-top3"}}, TOP]},
+     r"select\[0\]\.baseline\.reference: 'ifd-top3' is not an earlier selection"),
+    ({"select": [{"rule": {"top_n": 3}, "baseline": {"rule": "random", "top_n": 3}}]}, r"select\[0\]: give one of"),
+    ({"select": [{}]}, r"select\[0\]: give one of 'rule'"),
+    ({"select": [TOP], "evaluate": {}}, r"missing key 'evaluate\.eval_sets'"),
+    ({"select": [TOP], "evaluate": {"eval_sets": {}}}, r"evaluate\.eval_sets: give at least one"),
+    ({"select": [TOP], "evaluate": {**EVAL, "arms": ["ifd-top5"]}}, r"evaluate\.arms: 'ifd-top5' is not a selection"),
+    ({"select": [TOP], "evaluate": {**EVAL, "rows": 3, "tokens": 9}}, r"evaluate: give rows or tokens"),
+    ({"select": [TOP], "evaluate": {**EVAL, "rows": 0}}, r"evaluate\.rows must be an integer >= 1, got 0"),
+    ({"select": [TOP], "evaluate": {**EVAL, "train": {"learnig_rate": 1}}},
+     r"unknown key 'evaluate\.train\.learnig_rate' \(did you mean 'learning_rate'\?\)"),
+    ({"select": [TOP], "evaluate": {**EVAL, "train": {"steps": 0}}}, r"evaluate\.train\.steps must be an integer >= 1"),
+    ({"select": [TOP], "evaluate": {**EVAL, "train": {"lora": 8}}}, r"evaluate\.train\.lora: expected a mapping"),
+    ({"select": [TOP], "evaluate": {**EVAL, "baselines": {"random": {"seeds": []}}}},
+     r"evaluate\.baselines\.random\.seeds: give at least one seed"),
+    ({"select": [TOP], "evaluate": {**EVAL, "baselines": {"random": {"seeds": [-1]}}}},
+     r"evaluate\.baselines\.random\.seeds\[0\] must be an integer >= 0"),
+    ({"select": [TOP], "evaluate": {**EVAL, "baselines": {"shortest": {}}}},
+     r"unknown key 'evaluate\.baselines\.shortest'"),
+    ({"select": [TOP], "evaluate": {**EVAL, "baselines": {"length_matched": {"reference": "x"}}}},
+     r"evaluate\.baselines\.length_matched\.reference: 'x' is not a selection"),
+    ({"evaluate": {**EVAL, "baselines": {"random": {}}}}, r"evaluate\.rows: the random and longest arms need a size"),
+    ({"evaluate": EVAL}, r"evaluate: no arms to train"),
+    ({"select": [TOP], "evaluate": {**EVAL, "card": True}}, r"evaluate\.card adds the evidence .* add a publish section"),
+    ({"select": [TOP], "evaluate": {"eval_sets": {"held": {"source": "no/such/file.json"}}}},
+     r"evaluate\.eval_sets\.held\.source: no/such/file\.json does not exist"),
+])
+def test_bad_baselines_and_evaluate_sections_are_named(data, message):
+    with pytest.raises(RecipeError, match=message):
+        parse_recipe({"score": SCORE, **data})

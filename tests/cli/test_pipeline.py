@@ -69,3 +69,48 @@ def test_the_command_line_defaults_are_the_runners():
     assert (defaults.batch_size, defaults.part_rows, defaults.part_seconds) == (
         runner.DEFAULT_BATCH_SIZE, runner.DEFAULT_PART_ROWS, runner.DEFAULT_PART_SECONDS)
     assert pipeline.build_scorer.__module__ == "hf_prospector.pipeline"  # what tests/cli/cli_job.py replaces
+
+
+def test_a_recipe_with_baselines_and_evidence_runs_end_to_end(tiny_model_dir, tmp_path, capsys):
+    """Baseline selections, the evaluate section (selections plus baseline arms) and the Evidence card section."""
+    pytest.importorskip("trl")
+    import json
+
+    import numpy as np
+    from datasets import Dataset
+
+    from hf_prospector.cli import main
+    from hf_prospector.selection import length_matched_random, select
+
+    Dataset.from_dict({"instruction": [f"Name {i} colours." for i in range(6)],
+                       "output": [" ".join(["red"] * (i + 2)) for i in range(6)]}).to_json(str(tmp_path / "eval.jsonl"))
+    data = recipe_data(tiny_model_dir, tmp_path, evaluate={
+        "eval_sets": {"held": {"source": str(tmp_path / "eval.jsonl")}}, "out": str(tmp_path / "evidence"),
+        "arms": ["ifd-top4"], "baselines": {"random": {"seeds": [0, 1]}, "longest": {}, "length_matched": {}},
+        "train": {"steps": 1, "batch_size": 2}, "draws": 200, "card": True})
+    data["input"]["limit"] = 12
+    data["select"] = [{"rule": {"column": "ifd", "top_n": 4}}, {"baseline": {"rule": "random", "top_n": 4, "seed": 5}},
+                      {"baseline": {"rule": "length_matched", "reference": "ifd-top4", "seed": 1, "bins": 2}}]
+    path = tmp_path / "evidence.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["run", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "selection random-top4-seed5: kept 4 of 12 rows" in out and "response length (n_response_tokens)" in out
+    assert "# Evidence: fine-tuned arms compared" in out and "| length-matched | 4 |" in out
+
+    result = run_recipe(path)  # the same again from Python: every step resumes or reuses its work
+    scored = result.scored
+    top, random5, matched = result.selections
+    assert random5.rows["row_id"] == np.random.default_rng(5).permutation(12)[:4].tolist()
+    expected, _ = select(scored, length_matched_random(top.rows, seed=1, bins=2))
+    assert matched.rows["row_id"] == expected["row_id"] and matched.spec.slug == "length-matched-ifd-top4-seed1"
+    assert all(s.report.lengths.response["selected"].count == 4 for s in result.selections)
+    arms = result.evidence["arms"]
+    assert set(arms) == {"base", "ifd-top4", "random-0", "random-1", "longest", "length-matched"}
+    assert all(arms[a]["rows"] == 4 for a in arms if a != "base")
+    stored = json.loads((tmp_path / "evidence" / "evidence.json").read_text())
+    assert stored["comparison"] == json.loads(json.dumps(result.evidence["comparison"]))
+    card = subprocess.run(["git", "-C", str(tmp_path / "repo"), "show", "select-random-top4-seed5:README.md"],
+                          capture_output=True, text=True, check=True).stdout
+    assert "## Length" in card and "## Evidence" in card and "#### Evaluation set `held`: 6 rows" in card
+    assert "| ifd-top4 | 4 |" in card
