@@ -48,14 +48,15 @@ def require_unique_row_ids(values: Iterable, *, where: str = "",
 
 
 # -- columns --------------------------------------------------------------------------------------------------
-def renamed_keyword(new: str, new_value: Any, old: str, old_value: Any) -> Any:
+def renamed_keyword(new: str, new_value: Any, old: str, old_value: Any, *, stacklevel: int = 3) -> Any:
     """The value of keyword ``new``, taking it from its old name ``old`` with a DeprecationWarning (both given: an
-    error), so a renamed option keeps working for a release."""
+    error), so a renamed option keeps working for a release. ``stacklevel`` 3 points the warning at the caller of
+    the function that calls this one."""
     if old_value is None:
         return new_value
     if new_value is not None:
         raise ValueError(f"give {new}= only: {old}= is its old name")
-    warnings.warn(f"{old}= is now {new}=", DeprecationWarning, stacklevel=3)
+    warnings.warn(f"{old}= is now {new}=", DeprecationWarning, stacklevel=stacklevel)
     return old_value
 
 

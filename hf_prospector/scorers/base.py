@@ -68,7 +68,7 @@ class Scorer:
                  mapping: ColumnMapping | dict | None = None, turn: str = "last", compile: bool | str | None = None,
                  columns: ColumnMapping | dict | None = None):
         """``mapping`` names the input columns (a :class:`ColumnMapping` or a dict); ``columns`` is its old name."""
-        mapping = renamed_keyword("mapping", mapping, "columns", columns)
+        mapping = renamed_keyword("mapping", mapping, "columns", columns, stacklevel=4)  # past the subclass's __init__
         # Settings that cannot work fail here, not in a worker after the model has loaded.
         resolve_dtype(dtype, torch.device("cpu"))
         check_device(device)
