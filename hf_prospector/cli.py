@@ -24,6 +24,7 @@ import textwrap
 import traceback
 from pathlib import Path
 
+from .formats import TURNS
 from .recipes import (DiversitySpec, InputSpec, PublishSpec, Recipe, RefineSpec, RunSpec, ScoreSpec, SelectSpec,
                       load_recipe)
 from .sources import load_rows, save_rows
@@ -262,8 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", choices=("auto", "on", "off"),
                    help="torch.compile the model: auto (default) compiles after a minute of model time")
     p.add_argument("--columns", help="row layout, e.g. instruction=question,response=answer (default: detected)")
-    p.add_argument("--turn", choices=("last", "first"), default="last",
-                   help="chat rows: score the last (default) or the first assistant turn")
+    p.add_argument("--turn", choices=TURNS, default="last",
+                   help="chat rows: score the last (default), the first or every assistant turn (ifd only)")
     p.add_argument("--task-set", help="gold: a file, saved dataset or Hub id of tasks")
     p.add_argument("--task-max-length", type=int, help="gold: tokens per task (default: the convention's)")
     _add_refine(p)
