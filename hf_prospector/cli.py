@@ -169,7 +169,7 @@ def cmd_report(args) -> None:
         for item in args.inputs:
             name, sep, path = item.partition("=")
             named[name if sep else Path(item).name] = load_rows(path if sep else item)
-        report = reports.assess(named, out_dir=args.out, fraction=args.fraction)
+        report = reports.assess(named, out_dir=args.out, fraction=args.fraction, model=args.model)
     print(report.to_markdown())
     if args.out:
         print(f"\nreport written to {Path(args.out) / 'report.md'}")
@@ -349,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="compare: A B; assess: NAME=PATH ...")
     p.add_argument("--names", nargs=2, help="compare: labels for A and B (default: the paths)")
     p.add_argument("--fraction", type=float, default=0.05, help="assess: the top/bottom fraction (default 0.05)")
+    p.add_argument("--model", help="assess: the model that scored the rows, to show the rows in languages it does "
+                   "not cover")
     p.add_argument("--out", help="folder for report.md and figures (default: print only)")
     p.set_defaults(func=cmd_report)
 

@@ -263,8 +263,21 @@ def make_card(scored: Dataset | None, out_dir: str | Path, *, selected: Dataset 
                   "the other statistics are over the finite values. \"all rows\" are the scored rows the "
                   "selection was made from.",
                   markdown_table(STAT_HEADER, table), *images]
+    parts += _checks(scored if scored is not None else chosen, facts)
     parts.append(SECTION_END)
     return DatasetCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(parts) + "\n")
+
+
+def _checks(ds: Dataset, facts: Provenance) -> list[str]:
+    """The card's "Checks" section: the share of rows with IFD >= 1 (a template that does not fit the model when
+    most are) and the rows' languages against the model's (see :mod:`hf_prospector.diagnostics`)."""
+    from hf_prospector.diagnostics import language_mix, template_fit
+
+    fit = template_fit(ds, template=facts.get("template"), model=facts.get("model"), warn=False)
+    languages = language_mix(ds, model=facts.get("model"))
+    lines = [f"- {fit.describe()}" if fit is not None else "", f"- {languages.describe()}" if languages else ""]
+    lines = [line for line in lines if line]
+    return ["## Checks", "\n".join(lines)] if lines else []
 
 
 def merge_card(existing: DatasetCard, ours: DatasetCard) -> DatasetCard:
