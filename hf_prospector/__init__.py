@@ -26,6 +26,7 @@ _EXPORTS = {
                    "length_matched_random"],
     ".publishing": ["Publication", "publish", "publish_local", "make_card", "write_card"],
     ".reports": ["compare", "assess"],
+    ".diagnostics": ["template_fit", "language_mix", "TemplateMismatchWarning"],
     ".recipes": ["Recipe", "load_recipe"],
     ".pipeline": ["RunResult", "run_recipe"],
     ".evaluation": ["run_evidence", "TrainSettings"],

@@ -25,6 +25,7 @@ import textwrap
 import traceback
 from pathlib import Path
 
+from .formats import TURNS
 from .recipes import (DiversitySpec, EvaluateSpec, EvidenceBaselines, InputSpec, LengthMatchedArm, PublishSpec,
                       RandomArms, Recipe, RefineSpec, RunSpec, ScoreSpec, SelectSpec, load_recipe)
 from .sources import load_rows, save_rows
@@ -199,7 +200,7 @@ def cmd_report(args) -> None:
         for item in args.inputs:
             name, sep, path = item.partition("=")
             named[name if sep else Path(item).name] = load_rows(path if sep else item)
-        report = reports.assess(named, out_dir=args.out, fraction=args.fraction)
+        report = reports.assess(named, out_dir=args.out, fraction=args.fraction, model=args.model)
     print(report.to_markdown())
     if args.out:
         print(f"\nreport written to {Path(args.out) / 'report.md'}")
@@ -346,8 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", choices=("auto", "on", "off"),
                    help="torch.compile the model: auto (default) compiles after a minute of model time")
     p.add_argument("--columns", help="row layout, e.g. instruction=question,response=answer (default: detected)")
-    p.add_argument("--turn", choices=("last", "first"), default="last",
-                   help="chat rows: score the last (default) or the first assistant turn")
+    p.add_argument("--turn", choices=TURNS, default="last",
+                   help="chat rows: score the last (default), the first or every assistant turn (ifd only)")
     p.add_argument("--task-set", help="gold: a file, saved dataset or Hub id of tasks")
     p.add_argument("--task-max-length", type=int, help="gold: tokens per task (default: the convention's)")
     _add_refine(p)
@@ -443,6 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="compare: A B; assess: NAME=PATH ...")
     p.add_argument("--names", nargs=2, help="compare: labels for A and B (default: the paths)")
     p.add_argument("--fraction", type=float, default=0.05, help="assess: the top/bottom fraction (default 0.05)")
+    p.add_argument("--model", help="assess: the model that scored the rows, to show the rows in languages it does "
+                   "not cover")
     p.add_argument("--out", help="folder for report.md and figures (default: print only)")
     p.set_defaults(func=cmd_report)
 

@@ -8,7 +8,8 @@ Three layouts are recognised from the column names, and any other layout can be 
 * OpenAI messages: ``messages`` = ``[{"role": "user"|"assistant"|"system", "content": ...}]``.
 
 For conversations the response is, by default, the last assistant turn and the context is everything
-before it (``turn="last"``); ``turn="first"`` scores the first assistant turn instead.
+before it (``turn="last"``); ``turn="first"`` scores the first assistant turn instead, and ``turn="all"``
+every assistant turn, each with everything before it (:attr:`Example.turns`).
 
 Roles are read case-insensitively under the aliases of :data:`ROLE_ALIASES` (``human``/``HUMAN`` is the
 user, ``gpt``/``bot``/``model`` the assistant, ``function``/``observation`` a tool result, ...). OpenAI-style
@@ -31,12 +32,13 @@ that reason. Values of the wrong type (a number where text belongs) raise a :cla
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
 from .utils import ROW_ID
 
 FORMATS = ("alpaca", "sharegpt", "messages")
+TURNS = ("last", "first", "all")  # which assistant turn(s) of a conversation are scored
 
 # The role of a turn, as datasets spell it (compared in lower case), -> the chat role the library uses.
 ROLE_ALIASES = {
@@ -72,6 +74,8 @@ class Example:
     ``messages`` is the context as chat turns (for Alpaca rows: one user turn, the instruction and the
     input joined by a newline); ``instruction``/``input`` keep the Alpaca fields for the Alpaca prompt.
     ``reason`` says why a row that has a response cannot be scored (the response is then empty).
+    ``position`` is the response's turn number in its conversation (None for Alpaca rows); under
+    ``turn="all"`` ``turns`` holds one example per assistant turn, in order, and the example itself is the last.
     """
 
     messages: list[dict] = field(default_factory=list)
@@ -79,6 +83,12 @@ class Example:
     instruction: str = ""
     input: str = ""
     reason: str = ""
+    position: int | None = None
+    turns: list[Example] = field(default_factory=list)
+
+    def scored_turns(self) -> list[Example]:
+        """The examples ``turn="all"`` scores: every assistant turn, or the row itself when it has no turns."""
+        return self.turns or [self]
 
     def nan_note(self) -> str:
         """The note of a row with nothing to score: its ``reason``, else an empty response."""
@@ -190,13 +200,20 @@ def _from_turns(turns: Any, where: str, column: str, role_key: str, text_key: st
     if not answers:
         return Example(messages=messages, response="", instruction=_last_user(messages),
                        reason="no assistant turn to score" if messages else "")
-    k = answers[-1] if turn == "last" else answers[0]
+    if turn == "all":
+        turns = [_answer(messages, read, k) for k in answers]
+        return replace(turns[-1], turns=turns)
+    return _answer(messages, read, answers[-1] if turn == "last" else answers[0])
+
+
+def _answer(messages: list[dict], read: list[tuple[dict, str]], k: int) -> Example:
+    """Turn ``k`` (an assistant turn) as the response, everything before it as the context."""
     context, answer = messages[:k], messages[k]
     problem = next((problem for _, problem in read[:k + 1] if problem), "")
     if not problem and "tool_calls" in answer and not answer["content"].strip():
         problem = f"the response (turn {k}) is a tool call with no text"
     return Example(messages=context, response="" if problem else answer["content"], instruction=_last_user(context),
-                   input="", reason=problem)
+                   input="", reason=problem, position=k)
 
 
 def _last_user(messages: list[dict]) -> str:

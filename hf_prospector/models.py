@@ -168,6 +168,35 @@ def _load_gguf(gguf: Path):
     return model, tokenizer
 
 
+MULTILINGUAL = "multilingual"  # in model_languages: a model made for many languages
+# Embedded models whose file does not list its languages: what their model card says.
+_CARD_LANGUAGES = {"gemma3-270m": (MULTILINGUAL,)}  # Gemma 3: "multilingual support in over 140 languages"
+
+
+def model_languages(name: str | None) -> tuple[str, ...] | None:
+    """The languages a model covers (ISO 639-1 codes, or :data:`MULTILINGUAL`) where its GGUF metadata
+    (``general.languages``) or its folder's model card (``language:``) says so; None when nothing says (a Hub id
+    is not looked up: no network)."""
+    name = name or DEFAULT_MODEL
+    if name in _CARD_LANGUAGES:
+        return _CARD_LANGUAGES[name]
+    try:
+        path = Path(resolve_model(name))
+    except ModelLoadError:
+        return None
+    if path.suffix == ".gguf" and path.is_file():
+        from gguf import GGUFReader
+
+        field = GGUFReader(path).fields.get("general.languages")
+        return tuple(field.contents()) if field is not None else None
+    if (path / "README.md").is_file():
+        from huggingface_hub import ModelCard
+
+        languages = ModelCard.load(path / "README.md").data.to_dict().get("language")
+        return (languages,) if isinstance(languages, str) else tuple(languages) if languages else None
+    return None
+
+
 def load_causal_lm(name: str | None = None, revision: str | None = None):
     """Load ``(model, tokenizer)`` in float32 on the CPU, in eval mode.
 

@@ -31,6 +31,7 @@ from datasets import Dataset
 from scipy import stats
 
 from hf_prospector._lazy import lazy_attributes
+from hf_prospector.diagnostics import LanguageMix, language_mix
 from hf_prospector.formats import ColumnMapping, batch_to_examples
 from hf_prospector.selection import SelectionReport, SelectionRule, select, superfiltering
 from hf_prospector.selection.rules import IFD_OUT_OF_RANGE, score_column
@@ -132,6 +133,7 @@ class DatasetAssessment:
     bottom_rows: int
     top_words: list[tuple[str, int]]  # the most frequent leading words, with their counts
     bottom_words: list[tuple[str, int]]
+    languages: LanguageMix | None = None  # the rows' languages (None: a layout that cannot be read)
 
 
 @dataclass
@@ -168,6 +170,10 @@ class AssessmentReport:
             parts += ["## Length", f"All rows against the top {self.fraction:.0%} by IFD (\"selected\"), per dataset."]
             for name, profile in self.lengths.items():
                 parts += [f"### {name}", profile.to_markdown()]
+        parts += ["## Languages", "Identified with langid on instruction, input and response together.",
+                  markdown_table(["dataset", "languages"],
+                                 [[n, d.languages.describe() if d.languages else "(rows not readable)"]
+                                  for n, d in self.datasets.items()])]
         for key, title in (("ifd_violin", "IFD"), ("perplexity_violin", "Perplexity")):
             if key in self.figures:
                 parts += [f"## {title}", f"![{title} per dataset]({self.figures[key].name})"]
@@ -219,7 +225,7 @@ def compare(a: Dataset, b: Dataset, *, names: tuple[str, str] = ("A", "B"), out_
 
 def assess(datasets: Mapping[str, Dataset], *, out_dir: str | Path | None = None, fraction: float = 0.05,
            words: int = 10, selection: RuleFactory = superfiltering,
-           mapping: ColumnMapping | None = None) -> AssessmentReport:
+           mapping: ColumnMapping | None = None, model: str | None = None) -> AssessmentReport:
     """Describe several scored datasets side by side.
 
     The top ``fraction`` is what the rule ``selection(fraction)`` keeps, the bottom what the same rule
@@ -227,6 +233,8 @@ def assess(datasets: Mapping[str, Dataset], *, out_dir: str | Path | None = None
     instructions are counted. Instructions come from the ``instruction`` column, or from
     :func:`hf_prospector.formats.batch_to_examples` for chat rows (``mapping`` for other layouts).
     Statistics use the finite values and count the others; ``std`` is the population standard deviation.
+    Each dataset's language mix is shown (:func:`~hf_prospector.diagnostics.language_mix`) and, given the
+    ``model`` that scored the rows, the share of rows in languages it does not cover.
     """
     if not datasets:
         raise ValueError("assess needs at least one dataset, e.g. {'alpaca': scored_dataset}")
@@ -241,7 +249,8 @@ def assess(datasets: Mapping[str, Dataset], *, out_dir: str | Path | None = None
             rows=len(ds), scores={col: _summary(score_column(ds, col)) for col in REPORT_COLUMNS},
             out_of_range=kept.dropped.get(IFD_OUT_OF_RANGE, 0), top_rows=len(top), bottom_rows=len(bottom),
             top_words=_leading_words(ds, top, mapping).most_common(words),
-            bottom_words=_leading_words(ds, bottom, mapping).most_common(words))
+            bottom_words=_leading_words(ds, bottom, mapping).most_common(words),
+            languages=language_mix(ds, model=model, mapping=mapping))
 
     report = AssessmentReport(results, fraction, rule.describe())
     from hf_prospector.selection.lengths import length_profile, rows_measurable

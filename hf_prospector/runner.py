@@ -52,6 +52,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from datasets import Dataset, Features, IterableDataset, Value, concatenate_datasets, load_from_disk
 
+from .diagnostics import template_fit
 from .formats import row_count
 from .sources import load_rows, save_rows
 from .utils import ROW_ID, atomic_write, float_column, numeric_kind, require_int, require_unique_row_ids
@@ -97,6 +98,8 @@ class RunSummary:
     nan_reasons: dict[str, int]
     rows_input_changed: int = 0
     corrupt_parts: list[str] = field(default_factory=list)
+    ifd_at_least_one_share: float | None = None  # share of rows with a finite IFD that have IFD >= 1
+    template_check: str = ""  # that share in words, with what to try when it points at the template
 
     def to_text(self) -> str:
         per_process = ", ".join(str(n) for n in self.rows_per_process)
@@ -111,6 +114,8 @@ class RunSummary:
                          f"({self.rows_resumed} kept)")
         if self.corrupt_parts:
             lines.append(f"corrupt parts set aside, their rows scored again: {', '.join(self.corrupt_parts)}")
+        if self.template_check:
+            lines.append(self.template_check)
         lines.append(f"output: {self.output}")
         return "\n".join(lines)
 
@@ -442,6 +447,9 @@ class _Run:
         summary = RunSummary(str(self.output), len(ds), sum(counts), len(ds) - sum(counts),
                              time.monotonic() - start, self.world, counts, nan_rows, reasons,
                              self.rows_input_changed, self.corrupt_parts)
+        fit = template_fit(ds, template=getattr(self.scorer, "template", None), model=self.scorer.model)
+        if fit is not None:
+            summary.ifd_at_least_one_share, summary.template_check = fit.share, fit.describe()
         return ds, summary
 
     def _gather(self, total: int) -> Dataset:
@@ -462,7 +470,8 @@ class _Run:
             ds = Dataset.from_dict({name: [] for name in features}, features=features)
         self._check_row_ids(ds, total)
         # Written beside the output, then moved: a crash never leaves a half-written output.
-        atomic_write(self.output, lambda tmp: save_rows(ds, tmp, parquet=self.output.suffix == ".parquet"), clear=True)
+        atomic_write(self.output, lambda tmp, rows=ds: save_rows(rows, tmp, parquet=self.output.suffix == ".parquet"),
+                     clear=True)
         del ds
         for _, _, path in parts:
             path.unlink()

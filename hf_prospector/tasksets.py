@@ -7,8 +7,6 @@ variety.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 from datasets import Dataset, DatasetDict
 

@@ -177,3 +177,20 @@ def test_chat_template_gets_the_tool_calls():
     chat = "<user>Weather in Paris?<assistant>[call weather]<tool>18 C, sunny<assistant>"
     assert render_context(ex, "chat", tok) == chat
     assert render_context(ex, "plain") == "Weather in Paris?\n\n18 C, sunny\n"
+
+
+def test_turn_all_keeps_every_assistant_turn_with_its_history():
+    conv = [{"from": "system", "value": "S"}, {"from": "human", "value": "Q1"}, {"from": "gpt", "value": "A1"},
+            {"from": "human", "value": "Q2"}, {"from": "gpt", "value": "A2"}]
+    every = batch_to_examples({"conversations": [conv]}, turn="all")[0]
+    last = batch_to_examples({"conversations": [conv]})[0]
+    assert (every.response, every.messages, every.position) == (last.response, last.messages, 4)
+    assert [(t.position, t.response, len(t.messages)) for t in every.scored_turns()] == [(2, "A1", 2), (4, "A2", 4)]
+    assert every.scored_turns()[0].instruction == "Q1"
+    # A tool call with no text loses its own turn only; alpaca rows and rows without an answer are one turn.
+    tools = batch_to_examples({"messages": [TOOL_CHAT]}, turn="all")[0].scored_turns()
+    assert [t.reason for t in tools] == ["the response (turn 1) is a tool call with no text", ""]
+    alpaca = batch_to_examples({"instruction": ["a"], "output": ["1"]}, turn="all")[0]
+    assert alpaca.scored_turns() == [alpaca] and alpaca.position is None
+    none = batch_to_examples({"messages": [[{"role": "user", "content": "hi"}]]}, turn="all")[0]
+    assert none.scored_turns() == [none] and none.nan_note() == "NaN: no assistant turn to score"

@@ -5,7 +5,8 @@ are identical in both passes and no token merges across the boundary. Both passe
 tokenizer's BOS when it defines one, even if it does not add it by itself (SmolLM2 defines
 ``<|im_start|>`` and adds nothing), so the first response token is scored in both passes. With the
 ``chat`` template the chat markup's own special tokens stand in for BOS; the unconditioned pass then
-starts with the template's assistant header (its generation prompt).
+starts with the template's assistant header (its generation prompt). A tokenizer without a chat template
+is refused for ``chat`` with what to use instead.
 
 A tokenizer with no BOS (and no chat header) leaves no position from which to predict the first
 response token of the unconditioned pass; that token is then left unscored in *both* passes, so the two
@@ -53,10 +54,57 @@ def render_context(example: Example, template: str, tokenizer=None) -> str:
         prompt = ALPACA_PROMPT if input_ else ALPACA_PROMPT_NO_INPUT
         return prompt.format(instruction=example.instruction, input=input_)
     if template == "chat":
-        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-            raise ValueError("template='chat' needs a tokenizer with a chat template; use 'plain' or 'alpaca'")
-        return tokenizer.apply_chat_template(example.messages, tokenize=False, add_generation_prompt=True)
+        require_chat_template(tokenizer)
+        return chat_text(tokenizer, example.messages, prompt=True)
     raise ValueError(f"unknown template {template!r}; choose one of {TEMPLATES}")
+
+
+def require_chat_template(tokenizer) -> None:
+    """A clear error, with what to do, when ``template='chat'`` is asked of a tokenizer that has no chat template."""
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        name = getattr(tokenizer, "name_or_path", "") or "this model"
+        raise ValueError(f"template='chat' needs a chat template, and the tokenizer of {name} has none (a base model's "
+                         "usually has none): use template='plain' or 'alpaca' with it, or a chat (instruct) model "
+                         "with template='chat'")
+
+
+def chat_text(tokenizer, messages: list[dict], prompt: bool) -> str:
+    """``messages`` rendered by the tokenizer's chat template; ``prompt`` adds the assistant header after them."""
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt)
+
+
+# A user/assistant exchange whose rendering shows where a chat template puts its markup.
+PROBE_EXCHANGE = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
+
+
+def _not_turn_by_turn(tokenizer) -> ValueError:
+    return ValueError(f"the chat template of {tokenizer.name_or_path or 'this tokenizer'} does not render a "
+                      "conversation as its turns one after another, so a one-shot exchange cannot precede a task "
+                      "under it; use template='plain' or 'alpaca'")
+
+
+def _after(text: str, prefix: str, tokenizer) -> str:
+    if not text.startswith(prefix):
+        raise _not_turn_by_turn(tokenizer)
+    return text[len(prefix):]
+
+
+def turn_end(tokenizer) -> str:
+    """The markup a chat template puts after an assistant turn's text (before the next turn)."""
+    return _after(chat_text(tokenizer, PROBE_EXCHANGE, prompt=False),
+                  chat_text(tokenizer, PROBE_EXCHANGE[:1], prompt=True) + PROBE_EXCHANGE[1]["content"], tokenizer)
+
+
+def chat_continuation(tokenizer, messages: list[dict]) -> tuple[str, str]:
+    """``(turns, opening)``: ``messages`` as the chat template renders them after an earlier exchange (with the
+    assistant header), and what it puts before them when they open a conversation (e.g. BOS, a default system
+    turn), so that ``opening + turns`` is ``messages`` rendered alone."""
+    turns = _after(chat_text(tokenizer, PROBE_EXCHANGE + messages, prompt=True),
+                   chat_text(tokenizer, PROBE_EXCHANGE, prompt=False), tokenizer)
+    alone = chat_text(tokenizer, messages, prompt=True)
+    if not alone.endswith(turns):
+        raise _not_turn_by_turn(tokenizer)  # they render otherwise when they open the conversation
+    return turns, alone[:len(alone) - len(turns)]
 
 
 def assistant_header(tokenizer) -> str:
@@ -100,6 +148,7 @@ class PairEncoder(Encoder):
         self.budget = budget or f"max_length={max_length}"
         self.min_response_tokens = min_response_tokens
         if template == "chat":
+            require_chat_template(tokenizer)
             self.cond_prefix: list[int] = []
             self.uncond_prefix = self.ids(assistant_header(tokenizer)) or self.bos
         else:

@@ -5,6 +5,10 @@
   :mod:`hf_prospector.encoders.exact`, and the zero-shot pass puts BOS in front of the task. The task's ids
   are identical in both passes. Budgets: tasks ``task_max_length`` tokens, candidates the rest of
   ``max_length``; longer ones are truncated as in :mod:`hf_prospector.encoders.exact`, with a note.
+  Under ``chat`` the candidate is a previous user/assistant exchange rendered by the tokenizer's chat template
+  (its context and the assistant header, its response, the end-of-turn markup), and a task is its turns as the
+  template renders them after an exchange, with the assistant header, then the answer; the zero-shot pass
+  puts what the template opens a conversation with (BOS, a default system turn) in front of the task.
 * ``nuggets``: NUGGETS' ``instruction_main.py``: fields stripped, ``Instruction:\\n{instruction}\\n
   [Input:\\n{input}\\n]Response:\\n{output}``; the candidate tokenized with the tokenizer's special tokens and
   not truncated, tasks without special tokens and cut at 200 tokens (a task whose prompt fills those 200
@@ -18,9 +22,9 @@ from dataclasses import dataclass
 
 from ..formats import Example
 from .base import Encoder, register
-from .exact import DEFAULT_MIN_RESPONSE_TOKENS, PairEncoder
+from .exact import DEFAULT_MIN_RESPONSE_TOKENS, PairEncoder, chat_continuation, require_chat_template, turn_end
 
-GOLD_TEMPLATES = ("plain", "alpaca")
+GOLD_TEMPLATES = ("plain", "alpaca", "chat")
 NUGGETS_TASK_TOKENS = 200
 SEPARATOR = "\n\n"
 
@@ -54,7 +58,10 @@ class GoldEncoder(Encoder):
         self.window = window  # the model's context window: NUGGETS' uncut candidates must still fit in it
         self.template = template
         self.task_max_length = task_max_length
-        self.separator = self.ids(SEPARATOR)
+        if template == "chat":
+            require_chat_template(tokenizer)
+        # Between the candidate and the task: a blank line, or the end of the candidate's assistant turn.
+        self.separator = self.ids(turn_end(tokenizer) if template == "chat" else SEPARATOR)
         self.budget = budget or f"max_length={max_length}"
         self.candidate_length = max_length - task_max_length - len(self.separator)
         if self.candidate_length < 2:
@@ -81,11 +88,24 @@ class ExactGoldEncoder(GoldEncoder):
                                       budget=f"{self.budget} less task_max_length={task_max_length}")
 
     def task(self, ex: Example) -> EncodedTask:
+        if self.template == "chat":
+            return self.chat_task(ex)
         enc = self.pairs.encode(ex)
         if enc.cond is None:
             raise ValueError(f"task cannot be scored: {enc.note}")
         p = len(self.bos)
         return EncodedTask(enc.cond[p:], enc.cond_start - p, self.bos, enc.note)
+
+    def chat_task(self, ex: Example) -> EncodedTask:
+        """The task's turns as they follow the candidate's exchange, then its answer; zero-shot, what the template
+        opens a conversation with goes first."""
+        if not ex.response.strip():
+            raise ValueError(f"task cannot be scored: {ex.nan_note()}")
+        turns, opening = chat_continuation(self.tokenizer, ex.messages)
+        enc = self.pairs.encode_ids(self.ids(turns), self.ids(ex.response))
+        if enc.cond is None:
+            raise ValueError(f"task cannot be scored: {enc.note}")
+        return EncodedTask(enc.cond, enc.cond_start, self.ids(opening), enc.note)
 
     def candidate(self, ex: Example) -> tuple[list[int] | None, str]:
         enc = self.candidates.encode(ex)  # BOS + context + response, exactly tokenized, within budget

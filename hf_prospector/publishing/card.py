@@ -268,6 +268,7 @@ def make_card(scored: Dataset | None, out_dir: str | Path, *, selected: Dataset 
                   "selection was made from.",
                   markdown_table(STAT_HEADER, table), *images]
     parts += _length_section(scored, chosen, positions, names)
+    parts += _checks(scored if scored is not None else chosen, facts)
     for title, text in sections:
         parts += [f"## {title}", text.strip()]
     parts.append(SECTION_END)
@@ -286,6 +287,18 @@ def _length_section(scored: Dataset | None, chosen: Dataset | None, positions: l
         return []
     profile = length_profile(pool, picked, columns=names, pool_label="all rows" if scored is not None else "selected")
     return ["## Length", profile.to_markdown()]
+
+
+def _checks(ds: Dataset, facts: Provenance) -> list[str]:
+    """The card's "Checks" section: the share of rows with IFD >= 1 (a template that does not fit the model when
+    most are) and the rows' languages against the model's (see :mod:`hf_prospector.diagnostics`)."""
+    from hf_prospector.diagnostics import language_mix, template_fit
+
+    fit = template_fit(ds, template=facts.get("template"), model=facts.get("model"), warn=False)
+    languages = language_mix(ds, model=facts.get("model"))
+    lines = [f"- {fit.describe()}" if fit is not None else "", f"- {languages.describe()}" if languages else ""]
+    lines = [line for line in lines if line]
+    return ["## Checks", "\n".join(lines)] if lines else []
 
 
 def merge_card(existing: DatasetCard, ours: DatasetCard) -> DatasetCard:

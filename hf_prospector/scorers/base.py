@@ -14,7 +14,7 @@ from datasets import Dataset, Features, IterableDataset
 
 from .. import __version__
 from ..engine import Engine, resolve_compile, resolve_dtype
-from ..formats import ColumnMapping, batch_to_examples
+from ..formats import TURNS, ColumnMapping, batch_to_examples
 from ..models import DEFAULT_MODEL, load_causal_lm, model_fingerprint
 from ..utils import renamed_keyword, require_int
 
@@ -83,8 +83,8 @@ class Scorer:
         self.device = device
         self.token_budget = token_budget
         self.mapping = ColumnMapping(**mapping) if isinstance(mapping, dict) else mapping
-        if turn not in ("last", "first"):
-            raise ValueError(f"turn must be 'last' or 'first', got {turn!r}")
+        if turn not in TURNS:
+            raise ValueError(f"turn must be one of {', '.join(map(repr, TURNS))}, got {turn!r}")
         self.turn = turn
         resolve_compile(compile)  # a bad value fails here, not in a worker
         self.compile = compile  # None: HF_PROSPECTOR_COMPILE or "auto", read where the engine starts

@@ -79,6 +79,9 @@ class GoldScorer(Scorer):
                              f"max_length={max_length}: max_length must exceed task_max_length by more than the "
                              "separator and two tokens (e.g. max_length=1024, task_max_length=256)")
         super().__init__(model, **kwargs)
+        if self.turn == "all":
+            raise ValueError("turn='all' scores every assistant turn, which IFD does; a golden-score candidate is one "
+                             "exchange: use turn='last' or 'first'")
         fixed = encoder_class("gold", convention).fixed_template
         if fixed is not None and template not in (None, fixed):
             raise ValueError(f"convention={convention!r} fixes its own prompt (template {fixed!r}); it conflicts with "

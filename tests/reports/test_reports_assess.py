@@ -85,3 +85,24 @@ def test_missing_score_column_is_named():
                                         ("  don't stop", "don't"), ("Über alles", "über"), ("!!!", ""), ("", "")])
 def test_leading_word(text, word):
     assert leading_word(text) == word
+
+
+def test_language_mix_and_rows_outside_the_model_languages(tmp_path, capsys):
+    from hf_prospector.cli import main
+
+    ds = alpaca_scored()
+    chinese = ds.select(range(6)).map(lambda r: {"instruction": "请写一首关于秋天的诗。", "output": "秋叶慢慢落下。"})
+    from datasets import concatenate_datasets
+
+    mixed = concatenate_datasets([chinese, ds.select(range(6, len(ds)))])
+    model = tmp_path / "english_model"
+    model.mkdir()
+    (model / "README.md").write_text("---\nlanguage: en\n---\n")
+    report = assess({"mixed": mixed}, fraction=0.15, model=str(model))
+    mix = report.datasets["mixed"].languages
+    assert dict(mix.counts)["zh"] == 6 and mix.model_languages == ("en",) and mix.outside >= 6
+    assert f"{mix.outside / 24:.1%} of rows are in other languages" in report.to_markdown()
+    assert report.to_dict()["datasets"]["mixed"]["languages"]["outside"] == mix.outside
+    mixed.save_to_disk(tmp_path / "mixed")
+    assert main(["report", "assess", f"mixed={tmp_path / 'mixed'}", "--fraction", "0.15", "--model", str(model)]) == 0
+    assert "of rows are in other languages" in capsys.readouterr().out

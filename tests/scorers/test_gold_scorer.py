@@ -190,3 +190,49 @@ def test_task_set_loads_on_first_need_and_once(tiny_model_dir, cache, tmp_path, 
     assert len(loads) == 1
     with pytest.raises(FileNotFoundError, match=r"the task set file .*missing\.jsonl does not exist"):
         GoldScorer(str(tiny_model_dir), task_set=str(tmp_path / "missing.jsonl"))
+
+
+def test_chat_template_one_shot_from_reused_cache_equals_full_recomputation(tiny_model_dir, cache):
+    """Under ``chat`` the candidate is a previous user/assistant exchange: the whole conversation rendered by the
+    chat template and scored in one pass without the key/value cache gives the same score."""
+    scorer = GoldScorer(str(tiny_model_dir), task_set=datasets.Dataset.from_dict(TASKS), template="chat",
+                        dtype="float32")
+    out = datasets.Dataset.from_dict(CANDIDATES).map(scorer, batched=True)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    ids = lambda s: tok(s, add_special_tokens=False).input_ids  # noqa: E731
+    chat = lambda messages: tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)  # noqa: E731
+    for row in out.select(range(2)):
+        exchange = [{"role": "user", "content": row["instruction"]}, {"role": "assistant", "content": row["output"]}]
+        wins, deltas = 0, []
+        for ins, inp, ans in zip(TASKS["instruction"], TASKS["input"], TASKS["output"]):
+            task = [{"role": "user", "content": ins + ("\n" + inp if inp else "")}]
+            zero_ids, one_ids = ids(chat(task)) + ids(ans), ids(chat(exchange + task)) + ids(ans)
+            zero = full_logprob_sum(model, zero_ids, len(zero_ids) - len(ids(ans)))
+            one = full_logprob_sum(model, one_ids, len(one_ids) - len(ids(ans)))
+            wins += one > zero
+            deltas.append((one - zero) / len(ids(ans)))
+        assert row["gold_wins"] == wins and row["gold_score"] == pytest.approx(wins / 4)
+        assert row["gold_delta"] == pytest.approx(np.mean(deltas), abs=1e-4)
+        assert row["gold_note"] == ""
+    assert math.isnan(out[2]["gold_score"]) and "empty response" in out[2]["gold_note"]
+    # Not the plain template's numbers: the chat markup is in both passes.
+    plain = datasets.Dataset.from_dict(CANDIDATES).map(
+        GoldScorer(str(tiny_model_dir), task_set=datasets.Dataset.from_dict(TASKS), dtype="float32"), batched=True)
+    assert plain["gold_delta"][:2] != out["gold_delta"][:2]
+
+
+def test_chat_template_refused_with_a_hint_when_the_tokenizer_has_none(tiny_model_dir, tmp_path, cache):
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tok.chat_template = None
+    base = tmp_path / "base_model"
+    AutoModelForCausalLM.from_pretrained(tiny_model_dir).save_pretrained(base)
+    tok.save_pretrained(base)
+    (base / "chat_template.jinja").unlink(missing_ok=True)
+    scorer = GoldScorer(str(base), task_set=datasets.Dataset.from_dict(TASKS), template="chat", dtype="float32")
+    with pytest.raises(ValueError, match="has none.*use template='plain' or 'alpaca'"):
+        datasets.Dataset.from_dict(CANDIDATES).map(scorer, batched=True)
+    from hf_prospector.scorers import IFDScorer
+
+    with pytest.raises(ValueError, match="has none.*use template='plain' or 'alpaca'"):
+        datasets.Dataset.from_dict(CANDIDATES).map(IFDScorer(str(base), template="chat"), batched=True)

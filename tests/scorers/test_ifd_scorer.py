@@ -222,3 +222,142 @@ def test_options_are_keyword_only(tiny_model_dir):
         IFDScorer(str(tiny_model_dir), "cherry")
     with pytest.raises(TypeError, match="positional"):
         GoldScorer(str(tiny_model_dir), datasets.Dataset.from_dict(ROWS))
+
+
+# -- turn="all": every assistant turn ---------------------------------------------------------------------------
+CHATS = [
+    [{"role": "user", "content": "Say hello."}, {"role": "assistant", "content": "hello there"},
+     {"role": "user", "content": "Translate the sentence into French."},
+     {"role": "assistant", "content": "The capital of France is Paris."},
+     {"role": "user", "content": "Write a haiku about autumn leaves."},
+     {"role": "assistant", "content": "Leaves fall slowly, hello world."}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Give three tips for staying healthy."},
+     {"role": "assistant", "content": "Eat a balanced diet and exercise regularly."}],
+    [{"role": "user", "content": "Repeat exactly: the quick brown fox."}, {"role": "assistant", "content": "the quick brown fox"},
+     {"role": "user", "content": "Again."}, {"role": "assistant", "content": "the quick brown fox jumps"}],
+]
+
+
+def turn_losses(model, tok, messages, template):
+    """Each assistant turn scored alone with its whole history: [(loss_cond, loss_uncond, tokens)], by hand."""
+    out = []
+    for k, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        resp = tok(m["content"], add_special_tokens=False).input_ids
+        if template == "plain":
+            context = "".join(t["content"] + "\n" for t in messages[:k])
+            cond = [tok.bos_token_id] + tok(context, add_special_tokens=False).input_ids + resp
+            uncond = [tok.bos_token_id] + resp
+        else:
+            context = tok.apply_chat_template(messages[:k], tokenize=False, add_generation_prompt=True)
+            cond = tok(context, add_special_tokens=False).input_ids + resp
+            uncond = tok("<s>assistant\n", add_special_tokens=False).input_ids + resp
+        losses = []
+        for ids in (cond, uncond):
+            with torch.no_grad():
+                lp = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
+            losses.append(-np.mean([lp[p - 1, ids[p]].item() for p in range(len(ids) - len(resp), len(ids))]))
+        out.append((*losses, len(resp)))
+    return out
+
+
+@pytest.mark.parametrize("template", ["plain", "chat"])
+def test_turn_all_equals_each_turn_scored_alone_with_its_history(tiny_model_dir, template):
+    ds = datasets.Dataset.from_dict({"messages": CHATS})
+    out = ds.map(IFDScorer(str(tiny_model_dir), template=template, turn="all", dtype="float32"), batched=True)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    for row, messages in zip(out, CHATS):
+        turns = turn_losses(model, tok, messages, template)
+        n = sum(t[2] for t in turns)
+        cond, uncond = (sum(t[side] * t[2] for t in turns) / n for side in (0, 1))  # weighted by tokens
+        assert row["loss_cond"] == pytest.approx(cond, abs=1e-4) and row["loss_uncond"] == pytest.approx(uncond, abs=1e-4)
+        assert row["ifd"] == pytest.approx(math.exp(cond - uncond), rel=1e-4)
+        assert row["ifd_loss"] == pytest.approx(cond / uncond, rel=1e-4)
+        assert row["n_response_tokens"] == n and row["n_response_tokens_turns"] == [t[2] for t in turns]
+        np.testing.assert_allclose(row["loss_cond_turns"], [t[0] for t in turns], atol=1e-4)
+        np.testing.assert_allclose(row["ifd_turns"], [math.exp(t[0] - t[1]) for t in turns], rtol=1e-4)
+        assert row["ifd_note"] == ""
+
+
+def test_turn_all_equals_turn_last_on_single_turn_rows(tiny_model_dir, alpaca):
+    single = datasets.Dataset.from_dict({"messages": [CHATS[1], CHATS[1][1:]]})
+    for ds in (alpaca, single):
+        last = ds.map(IFDScorer(str(tiny_model_dir), dtype="float32"), batched=True)
+        every = ds.map(IFDScorer(str(tiny_model_dir), turn="all", dtype="float32"), batched=True)
+        for c in IFD_COLUMNS:  # bit for bit, notes included
+            assert every[c] == last[c] or np.array_equal(every[c], last[c], equal_nan=True), c
+        np.testing.assert_array_equal(np.array(every["ifd_turns"]).ravel(), every["ifd"])
+
+
+def test_turn_all_batched_equals_one_at_a_time_with_one_engine_call_per_batch(tiny_model_dir, monkeypatch):
+    ds = datasets.Dataset.from_dict({"messages": CHATS * 2})
+    scorer = IFDScorer(str(tiny_model_dir), turn="all", dtype="float32", token_budget=48)
+    engine = scorer.engine()
+    calls = []
+    logprobs = engine.logprobs
+    monkeypatch.setattr(engine, "logprobs", lambda requests: calls.append(len(requests)) or logprobs(requests))
+    together = ds.map(scorer, batched=True, batch_size=100, load_from_cache_file=False)
+    assert calls == [2 * (3 + 1 + 2) * 2]  # every turn of every row, both passes, in one call
+    alone = ds.map(scorer, batched=True, batch_size=1, load_from_cache_file=False)
+    for col in ("loss_cond", "loss_uncond", "ifd"):
+        np.testing.assert_allclose(together[col], alone[col], atol=1e-4)
+    np.testing.assert_allclose(np.concatenate(together["ifd_turns"]), np.concatenate(alone["ifd_turns"]), atol=1e-4)
+    assert together["n_response_tokens_turns"] == alone["n_response_tokens_turns"]
+
+
+def test_turn_all_truncation_says_which_turns_were_cut_or_lost(tiny_model_dir):
+    ds = datasets.Dataset.from_dict({"messages": [CHATS[0]]})
+    row = ds.map(IFDScorer(str(tiny_model_dir), turn="all", max_length=24, min_response_tokens=0, dtype="float32"),
+                 batched=True)[0]
+    # The third answer's history fills the budget: that turn loses its score, the first keeps it.
+    assert math.isfinite(row["ifd_turns"][0]) and math.isnan(row["ifd_turns"][-1])
+    assert row["n_response_tokens_turns"][-1] == 0 and row["n_response_tokens"] == sum(row["n_response_tokens_turns"])
+    assert "turn 5: NaN: context of" in row["ifd_note"] and math.isfinite(row["ifd"])
+    cut = ds.map(IFDScorer(str(tiny_model_dir), turn="all", max_length=24, min_response_tokens=4, dtype="float32"),
+                 batched=True)[0]
+    assert "turn 5: context cut from the left" in cut["ifd_note"] and all(map(math.isfinite, cut["ifd_turns"]))
+
+
+def test_turn_all_columns_are_typed_lists_and_gold_refuses_it(tiny_model_dir, alpaca):
+    from datasets import List, Value
+
+    from hf_prospector.scorers import GoldScorer
+
+    scorer = IFDScorer(str(tiny_model_dir), turn="all", dtype="float32")
+    assert scorer.score_columns[:len(IFD_COLUMNS)] == IFD_COLUMNS and "ifd_turns" in scorer.score_columns
+    assert IFDScorer(str(tiny_model_dir)).score_columns == IFD_COLUMNS  # turn="last" adds nothing
+    empty = scorer.score(alpaca.select([]))
+    assert empty.features["ifd_turns"] == List(Value("float64"))
+    assert empty.features["n_response_tokens_turns"] == List(Value("int64"))
+    assert scorer.settings()["turn"] == "all" and scorer.settings() != IFDScorer(str(tiny_model_dir)).settings()
+    with pytest.raises(ValueError, match="turn='all'"):
+        GoldScorer(str(tiny_model_dir), turn="all", task_set=alpaca)
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize("name, key, role", [("sharegpt_500.json", "conversations", "from"),
+                                             ("messages_300.json", "messages", "role")])
+def test_turn_all_on_real_chat_data_through_the_runner(tiny_model_dir, shared_data, tmp_path, name, key, role):
+    from hf_prospector.runner import score_run
+
+    ds = datasets.load_dataset("json", data_files=str(shared_data / name), split="train")
+    # Every row with 3 or more assistant turns, and single-turn rows, as far as 48 rows.
+    answers = [sum(t[role] in ("gpt", "assistant") for t in turns) for turns in ds[key]]
+    ds = ds.select(sorted([i for i, n in enumerate(answers) if n >= 3][:32] + [answers.index(1)]))
+    answers = [sum(t[role] in ("gpt", "assistant") for t in turns) for turns in ds[key]]
+    scorer = IFDScorer(str(tiny_model_dir), turn="all", max_length=256, dtype="float32")
+    out, summary = score_run(ds, scorer, tmp_path / "scored.parquet", source_name=name, batch_size=8, part_rows=12,
+                             progress=False)
+    assert out.features["ifd_turns"] == datasets.List(datasets.Value("float64"))
+    assert [len(t) for t in out["ifd_turns"]] == answers
+    assert out["n_response_tokens"] == [sum(n) for n in out["n_response_tokens_turns"]]
+    assert summary.rows == len(ds) and np.isfinite(out["ifd"]).all()
+    # A row's IFD comes from the same tokens as its turns: its loss is their token-weighted mean.
+    for row in out.select(range(5)):
+        n = np.array(row["n_response_tokens_turns"])
+        assert row["loss_cond"] == pytest.approx(np.nansum(np.array(row["loss_cond_turns"]) * n) / n.sum(), rel=1e-5)
+    last = ds.map(IFDScorer(str(tiny_model_dir), max_length=256, dtype="float32"), batched=True)
+    one = answers.index(1)
+    assert out[one]["ifd"] == last[one]["ifd"] and out[one]["ifd_turns"][-1] == out[one]["ifd"]
