@@ -90,7 +90,7 @@ def main() -> None:
             ds = harness.first_rows(args.data, n)
             scored = ds.select(range(min(args.limit, len(ds)))) if args.limit else ds
             probe = Probe(scorer)
-            m = harness.Measurement(lambda: scored.map(
+            m = harness.Measurement(lambda scored=scored: scored.map(
                 probe, batched=True, batch_size=args.batch_size, load_from_cache_file=False,
                 cache_file_name=str(Path(folder) / f"ifd_{n}.arrow")))
             per_batch = [(t1 - t0) * 1000 / (r1 - r0)

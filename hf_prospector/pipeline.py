@@ -276,7 +276,7 @@ def baseline_arms(pool, baselines: EvidenceBaselines, selections: dict, *, rows:
         raise ValueError("the random and longest arms need a size: give rows (or tokens), or a selection to match")
     if size is not None and size < 1:
         raise ValueError("the first selection kept no rows, so the random and longest arms would be empty; "
-                         f"give rows or loosen the selection")
+                         "give rows or loosen the selection")
     for seed in (baselines.random.seeds if baselines.random is not None else []):
         arms[f"random-{seed}"] = select(pool, random_rows(min(size, len(pool)), seed=seed))[0]
     if baselines.longest is not None:
