@@ -12,7 +12,7 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-# Tests compare numbers across calls: the engine compiles only where a test asks for it (tests/test_engine.py).
+# Tests compare numbers across calls: the engine compiles only where a test asks for it (tests/engine/test_compilation.py).
 os.environ.setdefault("HF_PROSPECTOR_COMPILE", "0")
 
 

@@ -68,4 +68,4 @@ def test_the_command_line_defaults_are_the_runners():
     defaults = RunSpec()
     assert (defaults.batch_size, defaults.part_rows, defaults.part_seconds) == (
         runner.DEFAULT_BATCH_SIZE, runner.DEFAULT_PART_ROWS, runner.DEFAULT_PART_SECONDS)
-    assert pipeline.build_scorer.__module__ == "hf_prospector.pipeline"  # what tests/cli/cli_job.py replaces
+    assert pipeline.build_scorer.__module__ == "hf_prospector.pipeline"  # what tests/runner/cli_job.py replaces

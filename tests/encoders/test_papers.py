@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_prospector.publishing.card import make_card
 from hf_prospector.scorers import IFDScorer
-from tests.scorers.paper_reference import CHERRY_PROMPT, SUPERFILTERING_PROMPT, cherry_row, prompt, superfiltering_row
+from bench.paper_reference import CHERRY_PROMPT, SUPERFILTERING_PROMPT, cherry_row, prompt, superfiltering_row
 from tests.tiny import build_tiny_model
 
 REFERENCES = {"superfiltering": superfiltering_row, "cherry": cherry_row}

@@ -12,7 +12,7 @@ from hf_prospector.runner import RunMismatchError, RunWarning, nan_summary, plan
 from hf_prospector.scorers import IFD_COLUMNS, IFDScorer
 from hf_prospector.sources import load_rows
 from hf_prospector.utils import require_unique_row_ids
-from tests.cli.counting import CountingScorer, ScorerFailed
+from tests.runner.counting import CountingScorer, ScorerFailed
 
 N_ROWS = 10
 
