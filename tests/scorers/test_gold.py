@@ -3,7 +3,6 @@ import math
 import datasets
 import numpy as np
 import pytest
-import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_prospector.engine import Request, plan_batches
@@ -11,6 +10,7 @@ from hf_prospector.formats import batch_to_examples
 from hf_prospector.models import load_causal_lm
 from hf_prospector.scorers import GoldScorer
 from tests.conftest import requires_smollm2
+from tests.oracles import full_logits_logprobs
 
 TASKS = {
     "instruction": ["Name the capital of France.", "Say hello.", "Translate to French.", "Repeat exactly: hello world"],
@@ -31,9 +31,7 @@ def cache(tmp_path, monkeypatch):
 
 
 def full_logprob_sum(model, ids, start):
-    with torch.no_grad():
-        lp = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
-    return sum(lp[p - 1, ids[p]].item() for p in range(start, len(ids)))
+    return float(full_logits_logprobs(model, ids, start).sum())
 
 
 def test_one_shot_from_reused_cache_equals_full_recomputation(tiny_model_dir, cache):
