@@ -1,4 +1,5 @@
-"""torch.compile: compiled layers give the eager numbers, ``auto`` compiles after enough model time, a failing compiler falls back to eager."""
+"""torch.compile: compiled layers give the eager numbers, ``auto`` compiles after enough model time, a failing
+compiler falls back to eager."""
 
 import numpy as np
 import pytest
