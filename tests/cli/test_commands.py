@@ -58,6 +58,7 @@ def test_select_errors_name_the_problem(scored, tmp_path, capsys):
     assert "no score column 'gold_score'" in capsys.readouterr().err
 
 
+@pytest.mark.real_model
 def test_select_with_diversity(scored, tmp_path, minilm):
     path, ds = scored
     out = tmp_path / "diverse"
@@ -106,6 +107,7 @@ def test_taskset_saves_the_rows(tmp_path):
     assert datasets.Dataset.from_parquet(str(tmp_path / "ts.parquet"))["instruction"] == tasks["instruction"]
 
 
+@pytest.mark.real_model
 def test_taskset_refined(tmp_path, minilm):
     load_rows("demo").to_json(str(tmp_path / "tasks.jsonl"))
     assert main(["taskset", str(tmp_path / "tasks.jsonl"), "--output", str(tmp_path / "ts"), "--refine-k", "3",

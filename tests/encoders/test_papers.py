@@ -211,6 +211,7 @@ def real(request):
     return real_rows(shared_dir)
 
 
+@pytest.mark.real_model
 @pytest.mark.parametrize("convention", ["superfiltering", "cherry"])
 @pytest.mark.parametrize("max_length", [None, 96])
 def test_smollm2_equals_script_reference(convention, max_length, smollm2, real):

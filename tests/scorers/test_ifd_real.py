@@ -10,7 +10,7 @@ from scipy.stats import spearmanr
 from hf_prospector.scorers import IFDScorer
 from tests.conftest import SHARED_DATA, requires_smollm2
 
-pytestmark = requires_smollm2
+pytestmark = [requires_smollm2, pytest.mark.real_model]
 
 
 def demo_rows():
