@@ -29,6 +29,7 @@ def test_missing_embedded_package_gives_install_hint():
 
 @requires_smollm2
 @pytest.mark.real_model
+@pytest.mark.slow
 def test_gguf_file_loads_and_is_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_PROSPECTOR_CACHE", str(tmp_path))
     gguf = resolve_model(None)

@@ -17,6 +17,7 @@ RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "quickstart.yaml"
 
 @requires_smollm2
 @pytest.mark.real_model
+@pytest.mark.slow
 def test_quickstart_scores_selects_and_publishes(tmp_path):
     command = [sys.executable, "-m", "hf_prospector", "run", str(RECIPE)]
     first = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=900)

@@ -214,6 +214,7 @@ def real(request):
 @pytest.mark.real_model
 @pytest.mark.parametrize("convention", ["superfiltering", "cherry"])
 @pytest.mark.parametrize("max_length", [None, 96])
+@pytest.mark.slow
 def test_smollm2_equals_script_reference(convention, max_length, smollm2, real):
     model, tokenizer = smollm2
     scored = score(None, real, convention=convention, max_length=max_length)

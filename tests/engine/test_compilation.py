@@ -18,6 +18,7 @@ def compiled_engine(tiny_model_dir):
                   compile=True)
 
 
+@pytest.mark.slow
 def test_compiled_engine_equals_eager_reference(compiled_engine, tiny_model_dir):
     """Compiled decoder layers give the eager model's log-probabilities, cached passes included. On a CPU they
     compute attention as the model's own arithmetic; the reference is the model as it loads (SDPA)."""

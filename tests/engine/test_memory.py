@@ -75,6 +75,7 @@ def test_engine_hands_freed_memory_back_after_every_call(engine, monkeypatch):
     assert calls.count(0) == 1
 
 
+@pytest.mark.slow
 def test_onednn_kernel_cache_bounded_by_the_engine_unless_the_user_chose(tiny_model_dir):
     """Importing the engine changes nothing; building one caps oneDNN's cache before its first pass."""
     read = ("import os, sys; from hf_prospector.engine import Engine; from hf_prospector.models import load_causal_lm\n"

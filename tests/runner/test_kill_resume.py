@@ -10,6 +10,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 
 from hf_prospector.runner import work_dir
 from hf_prospector.scorers import IFDScorer
@@ -25,6 +26,7 @@ def job(model, data, output, count_file, pause) -> list[str]:
     return [sys.executable, "-m", "tests.runner.resume_job", str(model), str(data), str(output), str(count_file), str(pause)]
 
 
+@pytest.mark.slow
 def test_kill_then_rerun_finishes_without_rescoring(tiny_model_dir, tmp_path):
     data = tmp_path / "rows.jsonl"
     load_rows("demo").select(range(N_ROWS)).to_json(str(data))

@@ -13,6 +13,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 
 from hf_prospector.runner import work_dir
 from hf_prospector.scorers import IFDScorer
@@ -52,6 +53,7 @@ def assert_scores_of(output, data, model) -> None:
     assert out["ifd_note"] == reference["ifd_note"]
 
 
+@pytest.mark.slow
 def test_corrupt_parts_are_set_aside_and_their_rows_scored_again(tiny_model_dir, tmp_path):
     data, output = tmp_path / "rows.jsonl", tmp_path / "scored"
     load_rows("demo").select(range(N_ROWS)).to_json(str(data))
@@ -77,6 +79,7 @@ def test_corrupt_parts_are_set_aside_and_their_rows_scored_again(tiny_model_dir,
     assert_scores_of(output, data, tiny_model_dir)
 
 
+@pytest.mark.slow
 def test_a_changed_input_keeps_the_parts_of_its_unchanged_rows(tiny_model_dir, tmp_path):
     data, output = tmp_path / "rows.jsonl", tmp_path / "scored"
     rows = load_rows("demo").select(range(N_ROWS)).to_list()
@@ -107,6 +110,7 @@ def test_a_changed_input_keeps_the_parts_of_its_unchanged_rows(tiny_model_dir, t
     assert not list(work_dir(output).glob("part-*"))  # the stale part is removed once the output is gathered
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_the_scored_rows_and_says_how_to_resume(tiny_model_dir, tmp_path):
     data, output = tmp_path / "rows.jsonl", tmp_path / "scored"
     load_rows("demo").select(range(N_ROWS)).to_json(str(data))

@@ -132,6 +132,7 @@ def test_nuggets_convention_equals_reference(tiny_model_dir, cache):
 
 @requires_smollm2
 @pytest.mark.real_model
+@pytest.mark.slow
 def test_nuggets_convention_equals_reference_on_smollm2(cache):
     model, tok = load_causal_lm()  # a fresh float32 copy: engines move models to their dtype in place
     check_nuggets(None, model, tok, {k: v[:2] for k, v in CANDIDATES.items()})
@@ -139,6 +140,7 @@ def test_nuggets_convention_equals_reference_on_smollm2(cache):
 
 @requires_smollm2
 @pytest.mark.real_model
+@pytest.mark.slow
 def test_real_model_candidate_identical_to_task_wins_that_task(cache):
     scorer = GoldScorer(task_set=datasets.Dataset.from_dict(TASKS), dtype="float32")
     same = {k: [v[2]] for k, v in TASKS.items()}  # the French translation task itself, as a candidate

@@ -162,7 +162,7 @@ def workers_that_can_use_cuda():
 
 # Forked workers inherit the warning filters: a worker whose compiler fails (and falls back) fails the test.
 @pytest.mark.filterwarnings("error:torch.compile is not used")
-@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("compile", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["eager", "compiled"])
 def test_with_rank_num_proc_equals_single_process(tiny_model_dir, alpaca, compile):
     single = alpaca.map(IFDScorer(str(tiny_model_dir), dtype="float32"), batched=True, load_from_cache_file=False)
     scorer = IFDScorer(str(tiny_model_dir), dtype="float32", compile=compile)  # each worker compiles its own
