@@ -33,8 +33,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # The shared data sets beside the checkout; HF_PROSPECTOR_SHARED_DATA names another folder (a GPU machine's copy).
 SHARED_DATA = Path(os.environ.get("HF_PROSPECTOR_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 RESULTS = REPO_ROOT / "bench" / "results"
-if str(REPO_ROOT) not in sys.path:  # the Superfiltering reference lives in tests/scorers/paper_reference.py
-    sys.path.insert(0, str(REPO_ROOT))
 
 
 # -- data ---------------------------------------------------------------------------------------------

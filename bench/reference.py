@@ -5,7 +5,7 @@ Written from the scripts, not from the library (only the weights come from ``loa
 * Superfiltering (tianyi-lab/Superfiltering ``code_ifd/data_analysis.py``): one row at a time, two
   forward passes per row in float32, full logits at every position, the model's own loss
   (``model(input_ids, labels=...)``). The per-row function is ``superfiltering_row`` in
-  ``tests/scorers/paper_reference.py``, shared with the tests that check the ``superfiltering``
+  ``paper_reference.py`` beside this file, shared with the tests that check the ``superfiltering``
   convention against it; this module runs it over a list of rows, as the script's loop does.
 * NUGGETS (pldlgb/nuggets ``instruction_main.py``, ``--kv_iter 1``): a zero-shot pass over the task
   set, then one candidate at a time: the candidate's key/value cache from one forward pass, expanded
@@ -26,8 +26,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
-import harness  # noqa: F401  (puts the repository root on sys.path, for tests.scorers)
-from tests.scorers.paper_reference import superfiltering_row
+from paper_reference import superfiltering_row
 
 NUGGETS_TASK_TOKENS = 200  # TokenizedForGenRightPad.max_length
 

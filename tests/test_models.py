@@ -28,6 +28,8 @@ def test_missing_embedded_package_gives_install_hint():
 
 
 @requires_smollm2
+@pytest.mark.real_model
+@pytest.mark.slow
 def test_gguf_file_loads_and_is_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_PROSPECTOR_CACHE", str(tmp_path))
     gguf = resolve_model(None)
@@ -115,6 +117,7 @@ def test_hub_ids_are_identified_by_their_commit_without_the_network(monkeypatch)
 
 
 @requires_smollm2
+@pytest.mark.real_model
 def test_a_truncated_gguf_file_is_named(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_PROSPECTOR_CACHE", str(tmp_path / "cache"))
     whole = Path(resolve_model(None))

@@ -40,12 +40,16 @@ def gguf_file():
 
 
 @requires_gemma
+@pytest.mark.real_model
+@pytest.mark.slow
 def test_name_resolves_to_the_assembled_gguf(gguf_file):
     path, arch, _, _ = gguf_file
     assert resolve_model("gemma3-270m") == path and path.endswith(".gguf") and arch == "gemma3"
 
 
 @requires_gemma
+@pytest.mark.real_model
+@pytest.mark.slow
 def test_loaded_weights_and_tokens_match_the_gguf(gguf_file):
     from gguf.quants import dequantize
 

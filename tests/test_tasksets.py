@@ -38,6 +38,7 @@ def test_refine_picks_one_row_per_cluster_deterministically():
 
 
 @requires_minilm
+@pytest.mark.real_model
 def test_refine_with_embedded_encoder_returns_k_distinct_rows(minilm):
     ds = rows(40)
     a = refine_task_set(ds, k=5, sample=30, encoder=minilm, seed=0)

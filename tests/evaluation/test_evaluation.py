@@ -101,6 +101,7 @@ def test_only_response_tokens_carry_loss(tiny):
         assert labels[:len(enc.ids[k]) - len(response)] == [-100] * (len(enc.ids[k]) - len(response))
 
 
+@pytest.mark.slow
 def test_fine_tuning_lowers_the_arms_loss_and_repeats_exactly(tiny):
     enc, tokenizer = encoded(tiny, alpaca(8))
     base, _ = load_causal_lm(tiny)
@@ -158,6 +159,7 @@ class CountingFineTune:
 
 
 @pytest.mark.filterwarnings("ignore:.*also train in arm")
+@pytest.mark.slow
 def test_resume_skips_finished_arms_and_counts_eval_overlap(tiny, tmp_path, monkeypatch):
     spy = CountingFineTune()
     monkeypatch.setattr(run_module, "fine_tune", spy)
@@ -185,6 +187,7 @@ def test_resume_skips_finished_arms_and_counts_eval_overlap(tiny, tmp_path, monk
     assert len(spy.calls) == 4
 
 
+@pytest.mark.slow
 def test_several_evaluation_sets_share_one_training_per_arm(tiny, tmp_path, monkeypatch):
     spy = CountingFineTune()
     monkeypatch.setattr(run_module, "fine_tune", spy)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 import random
 
+import numpy as np
 from datasets import Dataset
+from PIL import Image
 
 PROVENANCE = {"source": "bob/alpaca-src", "source_revision": "0123abc", "scorer": "ifd", "model": "tiny-llama",
               "model_revision": "main", "template": "alpaca", "convention": "superfiltering", "max_length": 512,
@@ -84,3 +86,12 @@ def assert_stats_match(card_text: str, expected: dict[tuple[str, str], list]) ->
         assert (got["count"], got["NaN"]) == (want["count"], want["NaN"]), key
         for stat in ("min", "q05", "q25", "median", "q75", "q95", "mean", "max"):
             assert math.isclose(got[stat], want[stat], rel_tol=1e-5), (key, stat, got[stat], want[stat])
+
+
+def assert_png(file) -> None:
+    """A real figure: a PNG larger than 100 x 100 pixels that is not one flat colour (``file``: a path or a
+    binary file object)."""
+    with Image.open(file) as image:
+        assert image.format == "PNG" and image.width > 100 and image.height > 100
+        pixels = np.asarray(image.convert("L"))
+    assert pixels.std() > 0, f"{file} is blank"

@@ -1,4 +1,4 @@
-"""The publishing side of test_publishing_hub.py, run in a subprocess whose HF_ENDPOINT is the Hub stand-in.
+"""The publishing side of test_hub.py, run in a subprocess whose HF_ENDPOINT is the Hub stand-in.
 
 huggingface_hub and datasets read HF_ENDPOINT when imported, hence a fresh process. The token comes from
 HF_TOKEN in the environment, as for a user. Prints one JSON line (prefixed RESULT) with what publish returned.

@@ -10,7 +10,7 @@ from scipy.stats import spearmanr
 from hf_prospector.scorers import IFDScorer
 from tests.conftest import SHARED_DATA, requires_smollm2
 
-pytestmark = requires_smollm2
+pytestmark = [requires_smollm2, pytest.mark.real_model]
 
 
 def demo_rows():
@@ -18,6 +18,7 @@ def demo_rows():
     return datasets.Dataset.from_list([json.loads(line) for line in text.splitlines()])
 
 
+@pytest.mark.slow
 def test_repeat_is_far_below_one_and_unrelated_is_near_or_above_one():
     rows = datasets.Dataset.from_dict({
         "instruction": ["Repeat exactly: The old lighthouse keeper painted the door bright green.",
@@ -42,6 +43,7 @@ def real_rows(n=96):
     return demo_rows()
 
 
+@pytest.mark.slow
 def test_bfloat16_ranks_like_float32():
     rows = real_rows()
     f32 = rows.map(IFDScorer(dtype="float32"), batched=True)["ifd"]

@@ -11,6 +11,8 @@ from datasets import Dataset
 from hf_prospector.selection import FacilityLocation, select_diverse, select_superfiltering_d
 from hf_prospector.selection import diversity
 
+from tests.oracles import top_fraction
+
 from .spies import FakeEncoder, Spy
 
 
@@ -117,8 +119,7 @@ def test_bad_embeddings_are_refused(X, k, match):
 
 def ifd_pool(ifd: list[float], fraction: float) -> list[int]:
     """Rows of the IFD step in row order: the best floor(fraction * eligible) rows with IFD < 1."""
-    eligible = [i for i, v in enumerate(ifd) if v == v and v < 1]
-    return sorted(sorted(eligible, key=lambda i: (-ifd[i], i))[:int(fraction * len(eligible) + 1e-9)])
+    return sorted(top_fraction(ifd, fraction))
 
 
 def alpaca_rows(n: int, seed: int = 0) -> Dataset:

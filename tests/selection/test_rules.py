@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 
 import numpy as np
@@ -11,6 +10,7 @@ from datasets import Dataset, Features, Value
 
 from hf_prospector.selection import (SelectionReport, SelectionRule, cherry, fraction_count, nuggets, select,
                                     superfiltering)
+from tests.oracles import top_fraction
 
 NAN, INF = float("nan"), float("inf")
 #        row:  0    1    2    3    4    5    6     7     8    9
@@ -93,18 +93,12 @@ def test_fraction_rounds_down_against_eligible_rows():
 
 
 def reference(scores: list, rule: SelectionRule) -> list[int]:
-    """The rule written out with Python's sort: a second, independent implementation."""
-    def eligible(s):
-        if s is None or not math.isfinite(s):
-            return False
-        if rule.column in ("ifd", "ifd_loss") and rule.ifd_max is not None:
-            return s <= rule.ifd_max if rule.ifd_max_inclusive else s < rule.ifd_max
-        return True
-
-    pool = [i for i, s in enumerate(scores) if eligible(s)]
-    ranked = sorted(pool, key=lambda i: (scores[i] if rule.lowest else -scores[i], i))
+    """The rule written out with Python's sort (tests/oracles.py): a second, independent implementation."""
+    below = rule.ifd_max if rule.column in ("ifd", "ifd_loss") else None
+    eligible = dict(below=below, inclusive=rule.ifd_max_inclusive, lowest=rule.lowest)
     if rule.top_fraction is not None:
-        return ranked[:int(round(rule.top_fraction * len(pool), 6))]
+        return top_fraction(scores, rule.top_fraction, **eligible)
+    ranked = top_fraction(scores, 1.0, **eligible)  # every eligible row, best first
     if rule.top_n is not None:
         return ranked[:rule.top_n]
     return [i for i in ranked if (scores[i] < rule.threshold if rule.lowest else scores[i] > rule.threshold)]

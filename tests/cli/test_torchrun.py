@@ -18,6 +18,7 @@ N_ROWS = 10
 
 
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun (torch's launcher) is not on PATH")
+@pytest.mark.slow
 def test_two_ranks_give_the_columns_and_order_of_one_process(tiny_model_dir, tmp_path):
     data = tmp_path / "rows.jsonl"
     load_rows("demo").select(range(N_ROWS)).to_json(str(data))

@@ -3,7 +3,6 @@ import math
 import datasets
 import numpy as np
 import pytest
-import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_prospector.engine import Request, plan_batches
@@ -11,6 +10,7 @@ from hf_prospector.formats import batch_to_examples
 from hf_prospector.models import load_causal_lm
 from hf_prospector.scorers import GoldScorer
 from tests.conftest import requires_smollm2
+from tests.oracles import full_logits_logprobs
 
 TASKS = {
     "instruction": ["Name the capital of France.", "Say hello.", "Translate to French.", "Repeat exactly: hello world"],
@@ -31,9 +31,7 @@ def cache(tmp_path, monkeypatch):
 
 
 def full_logprob_sum(model, ids, start):
-    with torch.no_grad():
-        lp = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
-    return sum(lp[p - 1, ids[p]].item() for p in range(start, len(ids)))
+    return float(full_logits_logprobs(model, ids, start).sum())
 
 
 def test_one_shot_from_reused_cache_equals_full_recomputation(tiny_model_dir, cache):
@@ -133,12 +131,16 @@ def test_nuggets_convention_equals_reference(tiny_model_dir, cache):
 
 
 @requires_smollm2
+@pytest.mark.real_model
+@pytest.mark.slow
 def test_nuggets_convention_equals_reference_on_smollm2(cache):
     model, tok = load_causal_lm()  # a fresh float32 copy: engines move models to their dtype in place
     check_nuggets(None, model, tok, {k: v[:2] for k, v in CANDIDATES.items()})
 
 
 @requires_smollm2
+@pytest.mark.real_model
+@pytest.mark.slow
 def test_real_model_candidate_identical_to_task_wins_that_task(cache):
     scorer = GoldScorer(task_set=datasets.Dataset.from_dict(TASKS), dtype="float32")
     same = {k: [v[2]] for k, v in TASKS.items()}  # the French translation task itself, as a candidate

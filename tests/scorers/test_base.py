@@ -27,6 +27,7 @@ def cached_rows(tmp_path) -> datasets.Dataset:
     return datasets.load_dataset("json", data_files=str(path), split="train", cache_dir=str(tmp_path / "hf_cache"))
 
 
+@pytest.mark.slow
 def test_model_retrained_into_the_same_folder_is_not_served_from_the_cache(tmp_path):
     folder = build_tiny_model(tmp_path / "model", seed=0)
     rows = cached_rows(tmp_path)
@@ -69,6 +70,7 @@ def long_row(tokenizer, n_tokens: int) -> dict:
     return {"instruction": ["Repeat exactly:"], "input": [""], "output": [tokenizer.decode(ids)]}
 
 
+@pytest.mark.slow
 def test_rows_longer_than_the_context_window_are_cut_to_it_with_a_note(tiny_model_dir):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     window = AutoModelForCausalLM.from_pretrained(tiny_model_dir).config.max_position_embeddings

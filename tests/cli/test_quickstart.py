@@ -10,12 +10,14 @@ import pytest
 
 from hf_prospector.publishing import list_revisions
 from tests.conftest import requires_smollm2
+from tests.oracles import top_fraction
 
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "quickstart.yaml"
 
 
 @requires_smollm2
 @pytest.mark.real_model
+@pytest.mark.slow
 def test_quickstart_scores_selects_and_publishes(tmp_path):
     command = [sys.executable, "-m", "hf_prospector", "run", str(RECIPE)]
     first = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=900)
@@ -29,8 +31,7 @@ def test_quickstart_scores_selects_and_publishes(tmp_path):
     assert "Give three tips for staying healthy." in first.stdout  # the score table
 
     # The published revision holds the top 25% by IFD among finite IFD < 1, counted here by hand.
-    eligible = [i for i, v in enumerate(scored["ifd"]) if math.isfinite(v) and v < 1]
-    top = sorted(eligible, key=lambda i: (-scored["ifd"][i], i))[: len(eligible) // 4]
+    top = top_fraction(scored["ifd"], 0.25)
     repo = tmp_path / "prospector_out" / "repo"
     assert "select-ifd-top25pct" in [r.name for r in list_revisions(repo)]
     assert datasets.load_dataset(str(repo), split="train")["row_id"] == top

@@ -1,12 +1,12 @@
 """A scoring run in its own process, for the fault tests (kill -9, corrupt parts, a changed input):
-``python -m tests.cli.resume_job MODEL DATA OUTPUT COUNT_FILE PAUSE [FAIL_AFTER]`` (FAIL_AFTER: scorer calls
+``python -m tests.runner.resume_job MODEL DATA OUTPUT COUNT_FILE PAUSE [FAIL_AFTER]`` (FAIL_AFTER: scorer calls
 before it fails on purpose, leaving the parts of the rows scored until then)."""
 
 import sys
 
 from hf_prospector.runner import score_run
 from hf_prospector.sources import load_rows
-from tests.cli.counting import CountingScorer
+from tests.runner.counting import CountingScorer
 
 MAX_LENGTH = 96  # short rows: a fast test
 PART_ROWS = 2

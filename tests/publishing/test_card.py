@@ -9,23 +9,16 @@ import numpy as np
 import pytest
 from datasets import Dataset, DatasetDict
 from huggingface_hub import DatasetCard
-from PIL import Image
 
 import hf_prospector
 from hf_prospector.publishing import commit_message, default_revision, make_card, score_stats, write_card
 from hf_prospector.publishing.card import SECTION_END, SECTION_START, complete_provenance, merge_card
-from tests.publishing.helpers import PROVENANCE, assert_stats_match, provenance_table, rows_where, scored_dataset
+from tests.publishing.helpers import (PROVENANCE, assert_png, assert_stats_match, provenance_table, rows_where,
+                                     scored_dataset)
 
 
 def in_band(row) -> bool:
     return 0.9 < row["ifd"] < 1.0
-
-
-def assert_png(path) -> None:
-    with Image.open(path) as image:
-        assert image.format == "PNG" and image.width > 100 and image.height > 100
-        pixels = np.asarray(image.convert("L"))
-    assert pixels.std() > 0, f"{path} is blank"
 
 
 def test_card_stats_provenance_and_metadata_match_the_data(tmp_path):

@@ -18,11 +18,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from huggingface_hub import DatasetCard
-from PIL import Image
 
 from hf_prospector.publishing import PublishError, publish
 from hf_prospector.publishing.hub import _token_kept_secret, resolve_token
-from tests.publishing.helpers import PROVENANCE, assert_stats_match, provenance_table, rows_where, scored_dataset
+from tests.publishing.helpers import (PROVENANCE, assert_png, assert_stats_match, provenance_table, rows_where,
+                                     scored_dataset)
 from tests.publishing.hub_standin import HubStandIn
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,8 +74,7 @@ def test_publish_beside_the_source_on_a_new_branch(published):
     table = pq.read_table(io.BytesIO(files["data/train-00000-of-00001.parquet"]))
     assert table.to_pylist() == band.to_list()
     for name in [f for f in files if f.endswith(".png")]:
-        with Image.open(io.BytesIO(files[name])) as image:
-            assert image.format == "PNG" and image.width * image.height > 0
+        assert_png(io.BytesIO(files[name]))
 
     card = DatasetCard(files["README.md"].decode())
     assert card.data.license == "mit" and card.data.language == ["en"]  # the source card's metadata survives

@@ -12,7 +12,7 @@ from hf_prospector.runner import RunMismatchError, RunWarning, nan_summary, plan
 from hf_prospector.scorers import IFD_COLUMNS, IFDScorer
 from hf_prospector.sources import load_rows
 from hf_prospector.utils import require_unique_row_ids
-from tests.cli.counting import CountingScorer, ScorerFailed
+from tests.runner.counting import CountingScorer, ScorerFailed
 
 N_ROWS = 10
 
@@ -74,6 +74,7 @@ def test_resume_after_a_crash_scores_only_the_missing_rows(rows, reference, tiny
     assert_same_rows(datasets.Dataset.from_parquet(str(out_path)), reference, list(range(N_ROWS)))
 
 
+@pytest.mark.slow
 def test_time_based_parts_save_progress_inside_a_block(rows, tiny_model_dir, tmp_path):
     with pytest.raises(ScorerFailed):  # part_seconds=0: a part after every batch, though a block has 100 rows
         run(rows, scorer(tiny_model_dir, fail_after=4), tmp_path / "out", part_rows=100, part_seconds=0)
@@ -91,6 +92,7 @@ def test_a_finished_run_is_not_scored_again(rows, tiny_model_dir, tmp_path):
     assert again.scored == [] and summary.rows_scored == 0 and len(out) == N_ROWS
 
 
+@pytest.mark.slow
 def test_other_settings_never_mix_with_unfinished_parts(rows, tiny_model_dir, tmp_path):
     with pytest.raises(ScorerFailed):
         run(rows, scorer(tiny_model_dir, max_length=64, fail_after=4), tmp_path / "out")
@@ -119,6 +121,7 @@ def test_plan_table():
         plan({"identity": other, "complete": False}, same, True, False, False)
 
 
+@pytest.mark.slow
 def test_streamed_input_gives_the_same_output_and_resumes(rows, reference, tiny_model_dir, tmp_path):
     data = tmp_path / "rows.jsonl"
     rows.to_json(str(data))
@@ -133,6 +136,7 @@ def test_streamed_input_gives_the_same_output_and_resumes(rows, reference, tiny_
     assert_same_rows(out, reference, list(range(N_ROWS)))
 
 
+@pytest.mark.slow
 def test_an_input_row_id_is_kept_and_must_be_unique(rows, reference, tiny_model_dir, tmp_path):
     ids = [f"r{i:02d}" for i in reversed(range(N_ROWS))]
     out, _ = run(rows.add_column("row_id", ids), scorer(tiny_model_dir), tmp_path / "out")
@@ -144,6 +148,7 @@ def test_an_input_row_id_is_kept_and_must_be_unique(rows, reference, tiny_model_
         run(duplicated, scorer(tiny_model_dir), tmp_path / "dup")
 
 
+@pytest.mark.slow
 def test_score_columns_of_the_input_are_replaced(rows, reference, tiny_model_dir, tmp_path):
     stale = rows.add_column("ifd", [123.0] * N_ROWS)
     out, _ = run(stale, scorer(tiny_model_dir), tmp_path / "out")
@@ -186,6 +191,7 @@ def test_more_local_ranks_than_gpus_is_refused_with_what_to_do(monkeypatch):
         process_state()
 
 
+@pytest.mark.slow
 def test_an_output_a_run_here_did_not_write_is_replaced_only_with_overwrite(rows, tiny_model_dir, tmp_path):
     theirs = tmp_path / "theirs.parquet"
     rows.select(range(4)).to_parquet(str(theirs))
@@ -211,6 +217,7 @@ def test_an_output_a_run_here_did_not_write_is_replaced_only_with_overwrite(rows
         run(rows, scorer(tiny_model_dir, max_length=64), theirs)
 
 
+@pytest.mark.slow
 def test_a_touched_input_file_is_not_scored_again(rows, tiny_model_dir, tmp_path):
     data = tmp_path / "rows.jsonl"
     rows.to_json(str(data))
@@ -222,6 +229,7 @@ def test_a_touched_input_file_is_not_scored_again(rows, tiny_model_dir, tmp_path
     assert again.scored == [] and summary.rows_resumed == N_ROWS and len(out) == N_ROWS
 
 
+@pytest.mark.slow
 def test_a_changed_stream_keeps_only_the_parts_of_unchanged_rows(rows, tiny_model_dir, tmp_path):
     data = tmp_path / "rows.jsonl"
     lines = [json.dumps(row) for row in rows.to_list()]

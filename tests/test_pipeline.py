@@ -68,7 +68,7 @@ def test_the_command_line_defaults_are_the_runners():
     defaults = RunSpec()
     assert (defaults.batch_size, defaults.part_rows, defaults.part_seconds) == (
         runner.DEFAULT_BATCH_SIZE, runner.DEFAULT_PART_ROWS, runner.DEFAULT_PART_SECONDS)
-    assert pipeline.build_scorer.__module__ == "hf_prospector.pipeline"  # what tests/cli/cli_job.py replaces
+    assert pipeline.build_scorer.__module__ == "hf_prospector.pipeline"  # what tests/runner/cli_job.py replaces
 
 
 def test_a_recipe_with_baselines_and_evidence_runs_end_to_end(tiny_model_dir, tmp_path, capsys):

@@ -13,20 +13,21 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 
 from hf_prospector.runner import work_dir
 from hf_prospector.scorers import IFDScorer
 from hf_prospector.sources import load_rows
-from tests.cli.counting import counted_rows
-from tests.cli.resume_job import MAX_LENGTH
+from tests.runner.counting import counted_rows
+from tests.runner.resume_job import MAX_LENGTH
 
 ROOT = Path(__file__).resolve().parents[2]
 N_ROWS = 12
 
 
 def job(model, data, output, count_file, fail_after=None) -> subprocess.CompletedProcess:
-    """``tests.cli.resume_job`` (blocks of 2 rows, one row per scorer call), run to its end."""
-    cmd = [sys.executable, "-m", "tests.cli.resume_job", str(model), str(data), str(output), str(count_file), "0"]
+    """``tests.runner.resume_job`` (blocks of 2 rows, one row per scorer call), run to its end."""
+    cmd = [sys.executable, "-m", "tests.runner.resume_job", str(model), str(data), str(output), str(count_file), "0"]
     return subprocess.run(cmd + ([] if fail_after is None else [str(fail_after)]), cwd=ROOT, capture_output=True,
                           text=True, timeout=300)
 
@@ -52,6 +53,7 @@ def assert_scores_of(output, data, model) -> None:
     assert out["ifd_note"] == reference["ifd_note"]
 
 
+@pytest.mark.slow
 def test_corrupt_parts_are_set_aside_and_their_rows_scored_again(tiny_model_dir, tmp_path):
     data, output = tmp_path / "rows.jsonl", tmp_path / "scored"
     load_rows("demo").select(range(N_ROWS)).to_json(str(data))
@@ -77,6 +79,7 @@ def test_corrupt_parts_are_set_aside_and_their_rows_scored_again(tiny_model_dir,
     assert_scores_of(output, data, tiny_model_dir)
 
 
+@pytest.mark.slow
 def test_a_changed_input_keeps_the_parts_of_its_unchanged_rows(tiny_model_dir, tmp_path):
     data, output = tmp_path / "rows.jsonl", tmp_path / "scored"
     rows = load_rows("demo").select(range(N_ROWS)).to_list()
@@ -107,13 +110,14 @@ def test_a_changed_input_keeps_the_parts_of_its_unchanged_rows(tiny_model_dir, t
     assert not list(work_dir(output).glob("part-*"))  # the stale part is removed once the output is gathered
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_the_scored_rows_and_says_how_to_resume(tiny_model_dir, tmp_path):
     data, output = tmp_path / "rows.jsonl", tmp_path / "scored"
     load_rows("demo").select(range(N_ROWS)).to_json(str(data))
 
     def cli(count_file, pause):
         # One block for all rows and no timed parts: only the interrupt itself saves the rows scored so far.
-        return [sys.executable, "-m", "tests.cli.cli_job", str(count_file), str(pause), "score", str(data),
+        return [sys.executable, "-m", "tests.runner.cli_job", str(count_file), str(pause), "score", str(data),
                 "--model", str(tiny_model_dir), "--dtype", "float32", "--max-length", str(MAX_LENGTH),
                 "--batch-size", "1", "--part-rows", "100", "--show", "0", "--output", str(output)]
 

@@ -1,10 +1,10 @@
 """The command line in its own process, its scorer counting the rows it scores, for the Ctrl-C test:
-``python -m tests.cli.cli_job COUNT_FILE PAUSE ARGS...`` runs ``hf-prospector ARGS...``."""
+``python -m tests.runner.cli_job COUNT_FILE PAUSE ARGS...`` runs ``hf-prospector ARGS...``."""
 
 import sys
 
 from hf_prospector import cli, pipeline
-from tests.cli.counting import CountingScorer
+from tests.runner.counting import CountingScorer
 
 
 def main(count_file: str, pause: str, *args: str) -> int:

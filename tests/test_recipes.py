@@ -10,7 +10,7 @@ from hf_prospector.recipes import Recipe, RecipeError, load_recipe, parse_recipe
 from hf_prospector.evaluation import TrainSettings
 from hf_prospector.selection import SelectionRule, random_rows
 
-RECIPES = sorted((Path(__file__).resolve().parents[2] / "recipes").glob("*.yaml"))
+RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
 PAPER_RECIPES = {"superfiltering", "superfiltering_diversity", "cherry_ifd", "nuggets", "supernuggets"}
 
 

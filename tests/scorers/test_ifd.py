@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_prospector.formats import FormatError
 from hf_prospector.scorers import IFD_COLUMNS, IFDScorer
+from tests.oracles import full_logits_loss
 
 ROWS = {
     "instruction": ["Give three tips for staying healthy.", "Translate the sentence into French.", "Say hi.",
@@ -31,11 +32,7 @@ def hand_loss(model, tok, prefix_text, response):
     """Mean NLL of the response after BOS + prefix, from one plain forward pass with full logits."""
     ctx = tok(prefix_text, add_special_tokens=False).input_ids if prefix_text else []
     resp = tok(response, add_special_tokens=False).input_ids
-    ids = [tok.bos_token_id] + ctx + resp
-    with torch.no_grad():
-        lp = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
-    start = 1 + len(ctx)
-    return -np.mean([lp[p - 1, ids[p]].item() for p in range(start, len(ids))])
+    return full_logits_loss(model, [tok.bos_token_id] + ctx + resp, 1 + len(ctx))
 
 
 def test_scores_equal_independent_computation(tiny_model_dir, alpaca):
@@ -107,7 +104,11 @@ def test_truncation_is_noted_and_counted(tiny_model_dir, alpaca):
     first, haiku = out[0], out[3]
     assert "response cut to" in first["ifd_note"] and math.isfinite(first["ifd"])
     assert first["n_response_tokens"] < 32
-    assert "context cut from the left" in haiku["ifd_note"] or haiku["n_response_tokens"] <= 32
+    # The haiku's instruction alone overflows 32 tokens: the context is cut from the left, leaving the response
+    # its min_response_tokens (then cut to them).
+    n_response = len(AutoTokenizer.from_pretrained(tiny_model_dir)(haiku["output"], add_special_tokens=False).input_ids)
+    assert "context cut from the left" in haiku["ifd_note"] and math.isfinite(haiku["ifd"])
+    assert haiku["n_response_tokens"] == min(8, n_response)
 
 
 def test_bad_input_errors(tiny_model_dir):
@@ -161,7 +162,7 @@ def workers_that_can_use_cuda():
 
 # Forked workers inherit the warning filters: a worker whose compiler fails (and falls back) fails the test.
 @pytest.mark.filterwarnings("error:torch.compile is not used")
-@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("compile", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["eager", "compiled"])
 def test_with_rank_num_proc_equals_single_process(tiny_model_dir, alpaca, compile):
     single = alpaca.map(IFDScorer(str(tiny_model_dir), dtype="float32"), batched=True, load_from_cache_file=False)
     scorer = IFDScorer(str(tiny_model_dir), dtype="float32", compile=compile)  # each worker compiles its own

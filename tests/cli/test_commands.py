@@ -12,6 +12,7 @@ from hf_prospector.cli import main
 from hf_prospector.publishing import list_revisions
 from hf_prospector.scorers import GoldScorer
 from hf_prospector.sources import load_rows
+from tests.oracles import top_fraction
 
 RNG = np.random.default_rng(7)
 N = 40
@@ -33,19 +34,12 @@ def scored(tmp_path_factory):
     return path, ds
 
 
-def top_fraction_by_hand(values, fraction):
-    """Row ids of the top floor(fraction * eligible) finite values below 1, highest first, ties to the earlier row."""
-    eligible = [i for i, v in enumerate(values) if math.isfinite(v) and v < 1]
-    ranked = sorted(eligible, key=lambda i: (-values[i], i))
-    return ranked[: math.floor(fraction * len(eligible) + 1e-9)]
-
-
 def test_select_top_fraction(scored, tmp_path, capsys):
     path, ds = scored
     out = tmp_path / "top.parquet"
     assert main(["select", str(path), "--column", "ifd", "--top-fraction", "0.3", "--output", str(out)]) == 0
     kept = datasets.Dataset.from_parquet(str(out))
-    assert kept["row_id"] == top_fraction_by_hand(ds["ifd"], 0.3)
+    assert kept["row_id"] == top_fraction(ds["ifd"], 0.3)
     assert f"kept {len(kept)} of {N} rows" in capsys.readouterr().out
 
 
@@ -65,12 +59,13 @@ def test_select_errors_name_the_problem(scored, tmp_path, capsys):
     assert "no score column 'gold_score'" in capsys.readouterr().err
 
 
+@pytest.mark.real_model
 def test_select_with_diversity(scored, tmp_path, minilm):
     path, ds = scored
     out = tmp_path / "diverse"
     assert main(["select", str(path), "--top-fraction", "0.5", "--diversity", "4", "--output", str(out)]) == 0
     kept = datasets.load_from_disk(str(out))
-    assert len(kept) == 4 and set(kept["row_id"]) <= set(top_fraction_by_hand(ds["ifd"], 0.5))
+    assert len(kept) == 4 and set(kept["row_id"]) <= set(top_fraction(ds["ifd"], 0.5))
     assert not any(c.startswith("embedding_") for c in kept.column_names)
     assert sorted(kept["fl_rank"]) == [0, 1, 2, 3]
 
@@ -113,6 +108,7 @@ def test_taskset_saves_the_rows(tmp_path):
     assert datasets.Dataset.from_parquet(str(tmp_path / "ts.parquet"))["instruction"] == tasks["instruction"]
 
 
+@pytest.mark.real_model
 def test_taskset_refined(tmp_path, minilm):
     load_rows("demo").to_json(str(tmp_path / "tasks.jsonl"))
     assert main(["taskset", str(tmp_path / "tasks.jsonl"), "--output", str(tmp_path / "ts"), "--refine-k", "3",

@@ -9,7 +9,7 @@ from datasets import Dataset, load_from_disk
 from hf_prospector import models
 from hf_prospector.embeddings import cache_column, default_embedding_column, embed_column, embedding_matrix
 
-from .spies import FakeEncoder, Spy
+from tests.selection.spies import FakeEncoder, Spy
 
 ROWS = {"instruction": ["Name a colour.", "Add the numbers.", "Say hi."], "input": ["", "2 and 3", None],
         "output": ["Blue.", "5", "Hi!"]}

@@ -9,11 +9,11 @@ from typing import get_type_hints
 import pytest
 from datasets import DatasetDict, load_dataset
 from huggingface_hub import DatasetCard
-from PIL import Image
 
 from hf_prospector.publishing import (GitError, Publication, checkout_revision, list_revisions, publish,
                                      publish_local)
-from tests.publishing.helpers import PROVENANCE, assert_stats_match, provenance_table, rows_where, scored_dataset
+from tests.publishing.helpers import (PROVENANCE, assert_png, assert_stats_match, provenance_table, rows_where,
+                                     scored_dataset)
 
 
 def git(repo, *args) -> str:
@@ -54,9 +54,7 @@ def test_two_publishes_make_two_revisions_that_load_back(tmp_path):
                                        ("ppl_cond", "selected"): rows["ppl_cond"]})
         for name in ("ifd_histogram.png", "ifd_violin.png", "ppl_cond_histogram.png"):
             assert f"](figures/{name})" in card.text
-            with Image.open(repo / "figures" / name) as image:
-                assert image.format == "PNG" and image.width * image.height > 0
-                assert image.convert("L").getextrema()[0] < image.convert("L").getextrema()[1]
+            assert_png(repo / "figures" / name)
 
     message = git(repo, "log", "-1", "--format=%B", first.revision)
     assert message.startswith("Select ifd-0.9-1 from bob/alpaca-src@0123abc: ")

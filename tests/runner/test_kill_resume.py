@@ -10,21 +10,23 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 
 from hf_prospector.runner import work_dir
 from hf_prospector.scorers import IFDScorer
 from hf_prospector.sources import load_rows
-from tests.cli.counting import counted_rows
-from tests.cli.resume_job import MAX_LENGTH
+from tests.runner.counting import counted_rows
+from tests.runner.resume_job import MAX_LENGTH
 
 ROOT = Path(__file__).resolve().parents[2]
 N_ROWS = 12
 
 
 def job(model, data, output, count_file, pause) -> list[str]:
-    return [sys.executable, "-m", "tests.cli.resume_job", str(model), str(data), str(output), str(count_file), str(pause)]
+    return [sys.executable, "-m", "tests.runner.resume_job", str(model), str(data), str(output), str(count_file), str(pause)]
 
 
+@pytest.mark.slow
 def test_kill_then_rerun_finishes_without_rescoring(tiny_model_dir, tmp_path):
     data = tmp_path / "rows.jsonl"
     load_rows("demo").select(range(N_ROWS)).to_json(str(data))

@@ -8,13 +8,13 @@ from importlib import resources
 
 import datasets
 import pytest
-import torch
 from datasets.fingerprint import Hasher
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from bench.paper_reference import CHERRY_PROMPT, SUPERFILTERING_PROMPT, cherry_row, prompt, superfiltering_row
 from hf_prospector.publishing.card import make_card
 from hf_prospector.scorers import IFDScorer
-from tests.scorers.paper_reference import CHERRY_PROMPT, SUPERFILTERING_PROMPT, cherry_row, prompt, superfiltering_row
+from tests.oracles import full_logits_logprobs
 from tests.tiny import build_tiny_model
 
 REFERENCES = {"superfiltering": superfiltering_row, "cherry": cherry_row}
@@ -127,9 +127,7 @@ def test_first_response_token_exact_versus_superfiltering(no_bos_model_dir):
         prompt = row["instruction"] + "\n" + (row["input"] + "\n" if row["input"] else "")
         ids = tok(prompt + row["output"]).input_ids
         n_prompt = len(tok(prompt).input_ids)
-        with torch.no_grad():
-            logprobs = torch.log_softmax(model(torch.tensor([ids])).logits[0], -1)
-        first = -logprobs[n_prompt - 1, ids[n_prompt]].item()
+        first = -full_logits_logprobs(model, ids, n_prompt)[0]
         difference = p["loss_cond"] * p["n_response_tokens"] - e["loss_cond"] * e["n_response_tokens"]
         assert difference == pytest.approx(first, abs=1e-4)
         assert abs(p["ifd"] - e["ifd"]) > 1e-3
@@ -213,8 +211,10 @@ def real(request):
     return real_rows(shared_dir)
 
 
+@pytest.mark.real_model
 @pytest.mark.parametrize("convention", ["superfiltering", "cherry"])
 @pytest.mark.parametrize("max_length", [None, 96])
+@pytest.mark.slow
 def test_smollm2_equals_script_reference(convention, max_length, smollm2, real):
     model, tokenizer = smollm2
     scored = score(None, real, convention=convention, max_length=max_length)

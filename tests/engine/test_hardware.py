@@ -1,0 +1,47 @@
+"""Hardware choices: the dtype, the padded scoring head, the attention kernels."""
+
+import pytest
+import torch
+
+from hf_prospector.engine import hardware, resolve_dtype
+
+
+def test_dtype_resolution(monkeypatch):
+    cpu = torch.device("cpu")
+    assert resolve_dtype("float32", cpu) == torch.float32
+    assert resolve_dtype("bfloat16", cpu) == torch.bfloat16
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(f.read().split())
+    except OSError:
+        flags = set()
+    expected = torch.bfloat16 if {"avx512_bf16", "amx_bf16"} & flags else torch.float32
+    assert resolve_dtype("auto", cpu) == expected  # this CPU's flags decide
+    for native, dtype in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(hardware, "_cpu_has_bf16", lambda native=native: native)
+        assert resolve_dtype("auto", cpu) == dtype
+    with pytest.raises(ValueError, match="unknown dtype"):
+        resolve_dtype("int3", torch.device("cpu"))
+
+
+def test_aligned_head_projects_as_the_head_does():
+    torch.manual_seed(0)
+    hidden = torch.randn(7, 16)
+    for bias in (False, True):
+        head = torch.nn.Linear(16, 50, bias=bias)  # 50 is not a multiple of 64
+        aligned = hardware.AlignedHead(head)
+        assert aligned.weight.shape == (64, 16)
+        torch.testing.assert_close(aligned(hidden), head(hidden))
+    assert isinstance(hardware.scoring_head(head, torch.device("cuda")), hardware.AlignedHead)
+    assert hardware.scoring_head(head, torch.device("cpu")) is head  # CPUs: not measured to help
+    even = torch.nn.Linear(16, 128)
+    assert hardware.scoring_head(even, torch.device("cuda")) is even
+
+
+def test_attention_kernels_leave_out_cudnn_on_cuda_only():
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+    with hardware.attention_kernels(torch.device("cuda")):
+        assert not torch.backends.cuda.cudnn_sdp_enabled() and torch.backends.cuda.flash_sdp_enabled()
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+    with hardware.attention_kernels(torch.device("cpu")):
+        assert torch.backends.cuda.cudnn_sdp_enabled()
