@@ -55,6 +55,8 @@ def test_run_summary_carries_the_share_and_warns_with_it(tiny_model_dir, tmp_pat
 
 
 @requires_smollm2
+@pytest.mark.real_model
+@pytest.mark.slow
 def test_no_mismatch_warning_on_the_demo_rows_with_the_default_model(tmp_path):
     from hf_prospector.runner import score_run
     from hf_prospector.scorers import IFDScorer
