@@ -3,7 +3,8 @@
 Each subcommand parses its options, calls the library and prints:
 
 * ``score``   add IFD or golden-score columns; resumable, and split over processes under
-  ``torchrun``/``accelerate launch`` (see :mod:`hf_prospector.runner`);
+  ``torchrun``/``accelerate launch`` (see :mod:`hf_prospector.runner`), or on a Ray cluster with
+  ``--engine ray`` (see :mod:`hf_prospector.ray_runner`);
 * ``taskset`` load a task set for the golden score, optionally refined (SuperNUGGETS);
 * ``select``  keep rows by a score column (top fraction, top n or threshold; then diversity);
 * ``card``    write a dataset card for scored and selected rows;
@@ -24,8 +25,8 @@ import textwrap
 import traceback
 from pathlib import Path
 
-from .recipes import (DiversitySpec, InputSpec, PublishSpec, Recipe, RefineSpec, RunSpec, ScoreSpec, SelectSpec,
-                      load_recipe)
+from .recipes import (ENGINES, DiversitySpec, InputSpec, PublishSpec, Recipe, RefineSpec, RunSpec, ScoreSpec,
+                      SelectSpec, load_recipe)
 from .sources import load_rows, save_rows
 from .utils import ROW_ID
 
@@ -104,7 +105,8 @@ def cmd_score(args) -> None:
                         args.task_set, args.task_max_length, refine,
                         compile=args.compile),
         input=InputSpec(args.input, args.split, args.streaming, args.limit),
-        run=RunSpec(args.output, args.batch_size, args.part_rows, args.part_seconds, args.overwrite),
+        run=RunSpec(args.output, args.batch_size, args.part_rows, args.part_seconds, args.overwrite, args.engine,
+                    args.actors, args.cpus_per_actor),
         show=args.show)
     run_recipe(recipe, fresh=args.fresh, on_step=print_step)
 
@@ -281,6 +283,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true", help="discard the saved parts of an earlier run")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing --output that a run here did not write (refused otherwise)")
+    p.add_argument("--engine", choices=ENGINES, default=RUN_DEFAULTS.engine,
+                   help="local: this process, or each of a torchrun launch (default); ray: actors of the Ray "
+                        "cluster at RAY_ADDRESS, else a local one (pip install 'hf_prospector[ray]')")
+    p.add_argument("--actors", type=int, help="ray: scorer actors (default: one per GPU, else one per "
+                                              "--cpus-per-actor CPUs)")
+    p.add_argument("--cpus-per-actor", type=int, default=RUN_DEFAULTS.cpus_per_actor,
+                   help=f"ray, on CPUs: CPUs per actor (default {RUN_DEFAULTS.cpus_per_actor})")
     p.add_argument("--show", type=int, default=10, help="rows of the score table to print (0: none; default 10)")
     p.set_defaults(func=cmd_score)
 

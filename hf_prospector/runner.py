@@ -134,11 +134,20 @@ def score_run(source: Dataset | IterableDataset, scorer, output: str | Path, *, 
     summary in the main process, ``(None, None)`` in the others. Call it from every process of a
     ``torchrun``/``accelerate`` launch. Ctrl-C raises :class:`RunInterrupted` once the scored rows are saved.
     """
+    check_run_options(batch_size, part_rows, part_seconds)
+    return execute(_Run(source, scorer, Path(output), source_name, batch_size, part_rows, part_seconds, progress),
+                   fresh, overwrite)
+
+
+def check_run_options(batch_size: int, part_rows: int, part_seconds: float) -> None:
     for name, value in (("batch_size", batch_size), ("part_rows", part_rows)):
         require_int(name, value, 1)
     if part_seconds < 0:
         raise ValueError(f"part_seconds must be >= 0, got {part_seconds}")
-    run = _Run(source, scorer, Path(output), source_name, batch_size, part_rows, part_seconds, progress)
+
+
+def execute(run: _Run, fresh: bool, overwrite: bool) -> tuple[Dataset | None, RunSummary | None]:
+    """Carry out ``run`` (:func:`score_run`'s, or a Ray run's); Ctrl-C becomes :class:`RunInterrupted`."""
     with _datasets_progress_bars_off():  # one bar for the whole run, not one per part file
         try:
             return run.run(fresh, overwrite)
@@ -410,7 +419,7 @@ class _Run:
         ds = self._load_output() if already_done else self._gather(total)
         nan_rows, reasons = nan_summary(ds, self.scorer.score_columns)
         summary = RunSummary(str(self.output), len(ds), sum(counts), len(ds) - sum(counts),
-                             time.monotonic() - start, self.world, counts, nan_rows, reasons,
+                             time.monotonic() - start, len(counts), counts, nan_rows, reasons,
                              self.rows_input_changed, self.corrupt_parts)
         return ds, summary
 
