@@ -58,7 +58,7 @@ def main() -> None:
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--part-rows", type=int, default=128, help="rows per part: each is one task of a Ray actor")
+    p.add_argument("--part-rows", type=int, default=16, help="rows per part: each is one task of a Ray actor")
     p.add_argument("--actors", type=int, help="Ray actors (default: one per GPU, else CPUs / --cpus-per-actor)")
     p.add_argument("--cpus-per-actor", type=int, default=1)
     p.add_argument("--rounds", type=int, default=1)

@@ -104,8 +104,11 @@ class _RayRun(_Run):
         cpus = int(ray.cluster_resources().get("CPU", 1))
         size = self.actors or (gpus if gpus else max(1, cpus // self.cpus_per_actor))
         resources = {"num_gpus": 1} if gpus else {"num_cpus": self.cpus_per_actor}
-        scored = ray.data.from_items(ranges).map_batches(
-            PartScorer, batch_size=1, compute=ray.data.ActorPoolStrategy(size=min(size, len(ranges))),
+        # A block per range, so that every actor gets ranges to score.
+        scored = ray.data.from_items(ranges, override_num_blocks=len(ranges)).map_batches(
+            PartScorer, batch_size=1,
+            # One range at a time per actor: a range is long work, and queued ranges would wait on a busy actor.
+            compute=ray.data.ActorPoolStrategy(size=min(size, len(ranges)), max_tasks_in_flight_per_actor=1),
             fn_constructor_kwargs={"scorer": self.scorer, "work": str(self.work), "features": self._features(),
                                    "batch_size": self.batch_size, "part_seconds": self.part_seconds},
             **resources)

@@ -1,6 +1,7 @@
 """Scoring on Ray (hf_prospector.ray_runner, and the scorers as Ray Data UDFs) on a local 2-CPU cluster."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -96,7 +97,10 @@ def test_map_batches_equals_dataset_map_in_numpy_and_arrow_formats(ray_cluster, 
 
 
 @pytest.mark.slow
-def test_engine_ray_on_two_actors_equals_one_process(ray_cluster, tiny_model_dir, rows_file, tmp_path, capsys):
+def test_engine_ray_on_two_actors_equals_one_process(ray_cluster, tiny_model_dir, rows_file, tmp_path, capsys,
+                                                     monkeypatch):
+    # Both actors up before the first range is sent, so that both score some (Ray does not wait by default).
+    monkeypatch.setattr(ray_cluster.data.DataContext.get_current(), "wait_for_min_actors_s", 120)
     options = ["score", str(rows_file), "--model", str(tiny_model_dir), "--dtype", "float32",
                "--max-length", str(MAX_LENGTH), "--part-rows", "3", "--batch-size", "2", "--show", "0"]
     assert main([*options, "--output", str(tmp_path / "one.parquet")]) == 0
@@ -107,7 +111,8 @@ def test_engine_ray_on_two_actors_equals_one_process(ray_cluster, tiny_model_dir
     assert load_rows(str(tmp_path / "ray.parquet"))["row_id"] == list(range(N_ROWS))
     for out in (one, on_ray):
         assert f"rows: {N_ROWS} ({N_ROWS} scored now, 0 by an earlier run)" in out
-    assert "processes: 2 (rows scored per process: " in on_ray
+    per_actor = [int(n) for n in re.search(r"processes: 2 \(rows scored per process: (\d+), (\d+)\)", on_ray).groups()]
+    assert sum(per_actor) == N_ROWS and min(per_actor) > 0  # both actors scored
 
 
 @pytest.mark.slow
