@@ -243,10 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
                               formatter_class=argparse.RawDescriptionHelpFormatter,
                               epilog=(more + "\n\n" if more else "") + "examples:\n" + textwrap.indent(examples, "  "))
 
-    p = command("score", "add IFD or golden-score columns (resumable; torchrun/accelerate aware)",
+    p = command("score", "add IFD or golden-score columns (resumable; torchrun/accelerate aware, or on Ray)",
                 "hf-prospector score data.jsonl --model smollm2-135m --output out/scored\n"
                 "hf-prospector score tatsu-lab/alpaca --limit 1000 --convention superfiltering --model gpt2\n"
-                "hf-prospector score data.jsonl --scorer gold --task-set tasks.json --output out/gold")
+                "hf-prospector score data.jsonl --scorer gold --task-set tasks.json --output out/gold\n"
+                "RAY_ADDRESS=auto hf-prospector score data.jsonl --engine ray --output /shared/scored  # on a cluster node")
     p.add_argument("input", nargs="?", default="demo",
                    help="Hub id, json/jsonl/parquet/csv file, saved dataset, 'demo' or 'demo-chat' (default: demo)")
     p.add_argument("--scorer", choices=("ifd", "gold"), default="ifd",

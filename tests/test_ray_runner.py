@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from hf_prospector.cli import main
+from hf_prospector.recipes import RecipeError, parse_recipe
 from hf_prospector.runner import score_run, work_dir
 from hf_prospector.scorers import GoldScorer, IFDScorer
 from hf_prospector.sources import load_rows
@@ -70,13 +71,26 @@ class DyingOnceScorer(CountingScorer):
         return super().__call__(batch, *extra)
 
 
-def test_engine_ray_without_ray_says_what_to_install(rows_file, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("how", ["option", "recipe"])
+def test_engine_ray_without_ray_says_what_to_install(how, rows_file, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as where it is not installed
-    code = main(["score", str(rows_file), "--engine", "ray", "--output", str(tmp_path / "out")])
-    assert code == 2
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"input: {{source: {rows_file}}}\nscore: {{scorer: ifd}}\n"
+                      f"run: {{output: {tmp_path / 'out'}, engine: ray}}\n")
+    argv = (["score", str(rows_file), "--engine", "ray", "--output", str(tmp_path / "out")] if how == "option"
+            else ["run", str(recipe)])
+    assert main(argv) == 2
     err = capsys.readouterr().err
     assert "needs Ray Data" in err and "pip install 'hf_prospector[ray]'" in err
     assert not (tmp_path / "out").exists() and not work_dir(tmp_path / "out").exists()
+
+
+def test_recipe_engine_is_checked():
+    with pytest.raises(RecipeError, match="run.engine must be one of local, ray, got 'spark'"):
+        parse_recipe({"score": {"scorer": "ifd"}, "run": {"engine": "spark"}})
+    with pytest.raises(RecipeError, match="run.actors"):
+        parse_recipe({"score": {"scorer": "ifd"}, "run": {"engine": "ray", "actors": 0}})
+    assert parse_recipe({"score": {"scorer": "ifd"}, "run": {"engine": "ray", "actors": 2}}).run.actors == 2
 
 
 @pytest.mark.slow
