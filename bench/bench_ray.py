@@ -10,6 +10,7 @@ same cores or GPUs score the same rows; it pays off on more machines).
 
     python bench/bench_ray.py                          # 512 rows, the embedded SmolLM2-135M
     python bench/bench_ray.py --rows 64 --actors 2     # a smoke run
+    python bench/bench_ray.py --rows 96 --actors 2 --local-threads 1   # a busy 2-core machine
 """
 
 from __future__ import annotations
@@ -41,8 +42,11 @@ def run_once(data: Path, args, engine: str, folder: Path) -> dict:
     """One run of the command: wall seconds, the summary's rows/s, and its processes line."""
     output = folder / f"{engine}-{time.monotonic_ns()}.parquet"
     start = time.perf_counter()
+    env = {**os.environ, "PYTHONPATH": str(harness.REPO_ROOT)}
+    if engine == "local" and args.local_threads:  # torch's threads in the one process (Ray gives an actor its CPUs')
+        env["OMP_NUM_THREADS"] = str(args.local_threads)
     done = subprocess.run(score_command(data, output, args, engine), cwd=harness.REPO_ROOT, capture_output=True,
-                          text=True, env={**os.environ, "PYTHONPATH": str(harness.REPO_ROOT)})
+                          text=True, env=env)
     wall = time.perf_counter() - start
     if done.returncode != 0:
         sys.exit(f"{engine} run failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
@@ -62,6 +66,9 @@ def main() -> None:
     p.add_argument("--actors", type=int, help="Ray actors (default: one per GPU, else CPUs / --cpus-per-actor)")
     p.add_argument("--cpus-per-actor", type=int, default=1)
     p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--local-threads", type=int,
+                   help="torch threads of the one-process run (default: one per core); 1 on a busy machine, where "
+                        "threads that wait on each other slow it far more than they slow 1-CPU Ray actors")
     args = p.parse_args()
     import torch
 
