@@ -21,6 +21,7 @@ _EXPORTS = {
     ".tasksets": ["load_task_set", "refine_task_set"],
     ".embeddings": ["embed_column"],
     ".runner": ["score_run"],
+    ".ray_runner": ["score_run_ray"],
     ".selection": ["SelectionRule", "SelectionReport", "select", "superfiltering", "cherry", "nuggets",
                    "FacilityLocation", "select_diverse", "select_superfiltering_d", "random_rows", "longest",
                    "length_matched_random"],

@@ -3,7 +3,8 @@
 Each subcommand parses its options, calls the library and prints:
 
 * ``score``   add IFD or golden-score columns; resumable, and split over processes under
-  ``torchrun``/``accelerate launch`` (see :mod:`hf_prospector.runner`);
+  ``torchrun``/``accelerate launch`` (see :mod:`hf_prospector.runner`), or on a Ray cluster with
+  ``--engine ray`` (see :mod:`hf_prospector.ray_runner`);
 * ``taskset`` load a task set for the golden score, optionally refined (SuperNUGGETS);
 * ``select``  keep rows by a score column (top fraction, top n or threshold; then diversity);
 * ``card``    write a dataset card for scored and selected rows;
@@ -26,8 +27,8 @@ import traceback
 from pathlib import Path
 
 from .formats import TURNS
-from .recipes import (DiversitySpec, EvaluateSpec, EvidenceBaselines, InputSpec, LengthMatchedArm, PublishSpec,
-                      RandomArms, Recipe, RefineSpec, RunSpec, ScoreSpec, SelectSpec, load_recipe)
+from .recipes import (ENGINES, DiversitySpec, EvaluateSpec, EvidenceBaselines, InputSpec, LengthMatchedArm,
+                      PublishSpec, RandomArms, Recipe, RefineSpec, RunSpec, ScoreSpec, SelectSpec, load_recipe)
 from .sources import load_rows, save_rows
 from .utils import ROW_ID
 
@@ -113,7 +114,8 @@ def cmd_score(args) -> None:
                         args.task_set, args.task_max_length, refine,
                         compile=args.compile),
         input=InputSpec(args.input, args.split, args.streaming, args.limit),
-        run=RunSpec(args.output, args.batch_size, args.part_rows, args.part_seconds, args.overwrite),
+        run=RunSpec(args.output, args.batch_size, args.part_rows, args.part_seconds, args.overwrite, args.engine,
+                    args.actors, args.cpus_per_actor),
         show=args.show)
     run_recipe(recipe, fresh=args.fresh, on_step=print_step)
 
@@ -326,10 +328,11 @@ def build_parser() -> argparse.ArgumentParser:
                               formatter_class=argparse.RawDescriptionHelpFormatter,
                               epilog=(more + "\n\n" if more else "") + "examples:\n" + textwrap.indent(examples, "  "))
 
-    p = command("score", "add IFD or golden-score columns (resumable; torchrun/accelerate aware)",
+    p = command("score", "add IFD or golden-score columns (resumable; torchrun/accelerate aware, or on Ray)",
                 "hf-prospector score data.jsonl --model smollm2-135m --output out/scored\n"
                 "hf-prospector score tatsu-lab/alpaca --limit 1000 --convention superfiltering --model gpt2\n"
-                "hf-prospector score data.jsonl --scorer gold --task-set tasks.json --output out/gold")
+                "hf-prospector score data.jsonl --scorer gold --task-set tasks.json --output out/gold\n"
+                "RAY_ADDRESS=auto hf-prospector score data.jsonl --engine ray --output /shared/scored  # on a cluster node")
     p.add_argument("input", nargs="?", default="demo",
                    help="Hub id, json/jsonl/parquet/csv file, saved dataset, 'demo' or 'demo-chat' (default: demo)")
     p.add_argument("--scorer", choices=("ifd", "gold"), default="ifd",
@@ -366,6 +369,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true", help="discard the saved parts of an earlier run")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing --output that a run here did not write (refused otherwise)")
+    p.add_argument("--engine", choices=ENGINES, default=RUN_DEFAULTS.engine,
+                   help="local: this process, or each of a torchrun launch (default); ray: actors of the Ray "
+                        "cluster at RAY_ADDRESS, else a local one (pip install 'hf_prospector[ray]')")
+    p.add_argument("--actors", type=int, help="ray: scorer actors (default: one per GPU, else one per "
+                                              "--cpus-per-actor CPUs)")
+    p.add_argument("--cpus-per-actor", type=int, default=RUN_DEFAULTS.cpus_per_actor,
+                   help=f"ray, on CPUs: CPUs per actor (default {RUN_DEFAULTS.cpus_per_actor})")
     p.add_argument("--show", type=int, default=10, help="rows of the score table to print (0: none; default 10)")
     p.set_defaults(func=cmd_score)
 

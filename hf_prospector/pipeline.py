@@ -223,6 +223,8 @@ def score_input(inp: InputSpec, spec: ScoreSpec, run: RunSpec, *, fresh: bool = 
     """
     from .runner import process_state, score_run
 
+    if run.engine == "ray":
+        return _score_on_ray(inp, spec, run, fresh=fresh)
     state = process_state()
     with state.main_process_first():  # the main process fills the datasets cache; the others reuse it
         rows, name = load_input(inp)
@@ -230,6 +232,19 @@ def score_input(inp: InputSpec, spec: ScoreSpec, run: RunSpec, *, fresh: bool = 
     scored, summary = score_run(rows, scorer, run.output, source_name=name, batch_size=run.batch_size,
                                 part_rows=run.part_rows, part_seconds=run.part_seconds, fresh=fresh,
                                 overwrite=run.overwrite)
+    return scored, summary, scorer, name
+
+
+def _score_on_ray(inp: InputSpec, spec: ScoreSpec, run: RunSpec, *, fresh: bool = False):
+    """:func:`score_input` on a Ray cluster (one driver: no process of a launch to wait for)."""
+    from .ray_runner import require_ray, score_run_ray
+
+    require_ray()  # before loading anything: without Ray, say what to install
+    rows, name = load_input(inp)
+    scorer = build_scorer(spec)
+    scored, summary = score_run_ray(rows, scorer, run.output, source_name=name, batch_size=run.batch_size,
+                                    part_rows=run.part_rows, part_seconds=run.part_seconds, fresh=fresh,
+                                    overwrite=run.overwrite, actors=run.actors, cpus_per_actor=run.cpus_per_actor)
     return scored, summary, scorer, name
 
 

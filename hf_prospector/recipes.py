@@ -5,7 +5,8 @@ A recipe has these sections; only ``score`` is required::
     description: what the recipe reproduces
     input:   {source: demo, split: train, streaming: false, limit: null}
     score:   {scorer: ifd, model: smollm2-135m, convention: exact, template: null, max_length: null, ...}
-    run:     {output: prospector_out/scored, batch_size: 256, part_rows: 4096, part_seconds: 300, overwrite: false}
+    run:     {output: prospector_out/scored, batch_size: 256, part_rows: 4096, part_seconds: 300, overwrite: false,
+              engine: local}                                    # engine: ray runs on a Ray cluster
     select:  - rule: {column: ifd, top_fraction: 0.05}           # a SelectionRule
                diversity: {k: 0.02}                              # optional: then facility location
              - baseline: {rule: random, top_n: 500, seed: 0}     # or longest; or length_matched with
@@ -42,6 +43,7 @@ from .utils import require_int
 SCORERS = ("ifd", "gold")
 BASELINES = ("random", "longest", "length_matched")
 ONE_RULE = "give one of 'rule' (a score column and a size) or 'baseline' (random, longest, length_matched)"
+ENGINES = ("local", "ray")  # run.engine
 
 
 class RecipeError(ValueError):
@@ -105,6 +107,9 @@ class RunSpec:
     part_rows: int = 4096  # rows per saved part; a process scores whole blocks of this size
     part_seconds: float = 300.0  # save a part at least this often, even inside a block
     overwrite: bool = False  # replace an existing output that a run here did not write
+    engine: str = "local"  # local: this process (or a torchrun/accelerate launch); ray: a Ray cluster's actors
+    actors: int | None = None  # ray: scorer actors (default: one per GPU, else one per cpus_per_actor CPUs)
+    cpus_per_actor: int = 1  # ray, on CPUs: the CPUs each actor takes
 
 
 @dataclass
@@ -297,6 +302,11 @@ def check_recipe(recipe: Recipe) -> None:
         require_int(f"run.{name}", getattr(recipe.run, name), 1, error=RecipeError)
     if recipe.run.part_seconds < 0:
         raise RecipeError(f"run.part_seconds must be >= 0, got {recipe.run.part_seconds}")
+    if recipe.run.engine not in ENGINES:
+        raise RecipeError(f"run.engine must be one of {', '.join(ENGINES)}, got {recipe.run.engine!r}")
+    if recipe.run.actors is not None:
+        require_int("run.actors", recipe.run.actors, 1, error=RecipeError)
+    require_int("run.cpus_per_actor", recipe.run.cpus_per_actor, 1, error=RecipeError)
     if recipe.input.limit is not None:
         require_int("input.limit", recipe.input.limit, 1, error=RecipeError)
     for i, spec in enumerate(recipe.select):

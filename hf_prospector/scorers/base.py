@@ -7,8 +7,10 @@ A scorer is a callable for ``ds.map(scorer, batched=True)`` (add ``with_rank=Tru
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from datasets import Dataset, Features, IterableDataset
 
@@ -145,7 +147,16 @@ class Scorer:
 
         Errors name a row by its dataset index (only ``with_indices=True`` passes them) or its ``row_id``;
         with neither, by its place in this batch, said as such.
+
+        A batch of lists (``datasets``' own) gets the score columns back. A numpy batch (a dict of arrays), an
+        Arrow table or a pandas DataFrame -- Ray Data's ``map_batches`` formats -- comes back whole, in its
+        format, with the score columns added (or replaced): ``map_batches`` keeps only the columns returned.
         """
+        if is_array_batch(batch):
+            return with_scores(batch, self._score_batch(to_lists(batch), extra), self.features)
+        return self._score_batch(batch, extra)
+
+    def _score_batch(self, batch: dict[str, list], extra: tuple) -> dict[str, list]:
         indices = next((e for e in extra if isinstance(e, list)), None)  # only with ds.map(with_indices=True)
         rank = next((e for e in extra if isinstance(e, int)), None)
         examples = batch_to_examples(batch, self.mapping, indices, self.turn, map_batch=True)
@@ -161,6 +172,57 @@ class Scorer:
         if isinstance(ds, Dataset) and len(ds) == 0:
             return add_empty_columns(ds, self.features)
         return ds.map(self, batched=True, with_indices=True, **map_kwargs)
+
+
+def is_array_batch(batch) -> bool:
+    """Whether ``batch`` is a numpy, Arrow or pandas batch rather than ``datasets``' mapping of lists."""
+    if isinstance(batch, Mapping):
+        return any(isinstance(v, np.ndarray) for v in batch.values())
+    return True
+
+
+def to_lists(batch) -> dict[str, list]:
+    """A numpy, Arrow or pandas batch as ``datasets``' dict of lists of plain Python values."""
+    import pyarrow as pa
+
+    if isinstance(batch, pa.Table):
+        return batch.to_pydict()
+    if hasattr(batch, "to_dict") and hasattr(batch, "columns"):  # a pandas DataFrame
+        return {str(c): [_plain(v) for v in batch[c]] for c in batch.columns}
+    if isinstance(batch, Mapping):
+        return {k: _plain(v) for k, v in batch.items()}
+    raise TypeError(f"a scorer takes a batch as a dict of lists or numpy arrays, a pyarrow.Table or a pandas "
+                    f"DataFrame, not {type(batch).__name__}")
+
+
+def _plain(value):
+    """Numpy arrays and scalars (Ray's numpy form of nested columns) as the lists and values ``datasets`` gives."""
+    if isinstance(value, np.ndarray):
+        return [_plain(v) for v in value] if value.dtype == object else value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def with_scores(batch, scores: dict[str, list], features: Features):
+    """``batch`` (numpy dict, Arrow table or DataFrame) with the ``scores`` columns, typed as ``features``, in
+    place of any columns of the same names."""
+    import pyarrow as pa
+
+    arrays = {c: pa.array(v, type=features[c].pa_type) for c, v in scores.items()}
+    if isinstance(batch, pa.Table):
+        batch = batch.drop_columns([c for c in arrays if c in batch.column_names])
+        for name, array in arrays.items():
+            batch = batch.append_column(name, array)
+        return batch
+    columns = {c: a.to_numpy(zero_copy_only=False) for c, a in arrays.items()}
+    if isinstance(batch, Mapping):
+        return {**{k: v for k, v in batch.items() if k not in columns}, **columns}
+    return batch.drop(columns=[c for c in columns if c in batch.columns]).assign(**columns)
 
 
 def within_window(max_length: int, engine: Engine) -> tuple[int, str]:

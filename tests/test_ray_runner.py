@@ -1,0 +1,181 @@
+"""Scoring on Ray (hf_prospector.ray_runner, and the scorers as Ray Data UDFs) on a local 2-CPU cluster."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from hf_prospector.cli import main
+from hf_prospector.recipes import RecipeError, parse_recipe
+from hf_prospector.runner import score_run, work_dir
+from hf_prospector.scorers import GoldScorer, IFDScorer
+from hf_prospector.sources import load_rows
+from tests.cli.counting import CountingScorer, counted_rows
+from tests.ray_job import MAX_LENGTH, PART_ROWS
+
+ROOT = Path(__file__).resolve().parents[1]
+N_ROWS = 12
+TASKS = {"instruction": ["Name the capital of France.", "Say hello."], "input": ["", ""],
+         "output": ["Paris.", "hello there"]}
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """One local cluster for the module; its workers import this checkout (and the tests' scorers)."""
+    ray = pytest.importorskip("ray")
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def rows_file(tmp_path) -> Path:
+    data = tmp_path / "rows.jsonl"
+    load_rows("demo").select(range(N_ROWS)).to_json(str(data))
+    return data
+
+
+def same_rows(a: datasets.Dataset, b: datasets.Dataset) -> None:
+    """Equal values (NaN equal to NaN), columns and order."""
+    assert a.column_names == b.column_names and len(a) == len(b)
+    for column in a.column_names:
+        x, y = a[column], b[column]
+        if a.features[column] == datasets.Value("float64"):
+            np.testing.assert_allclose(np.array(x, dtype=float), np.array(y, dtype=float), rtol=1e-6, equal_nan=True)
+        else:
+            assert x == y, column
+
+
+class DyingOnceScorer(CountingScorer):
+    """Counts its rows; the first time it is given row ``die_at`` its process exits (a killed actor), leaving
+    ``die_file`` as the sign that it did."""
+
+    def __init__(self, *args, die_at: int, die_file: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.die_at, self.die_file = die_at, die_file
+
+    def __call__(self, batch, *extra):
+        if self.die_at in batch["row_id"] and not os.path.exists(self.die_file):
+            Path(self.die_file).touch()
+            os._exit(1)
+        return super().__call__(batch, *extra)
+
+
+@pytest.mark.parametrize("how", ["option", "recipe"])
+def test_engine_ray_without_ray_says_what_to_install(how, rows_file, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as where it is not installed
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"input: {{source: {rows_file}}}\nscore: {{scorer: ifd}}\n"
+                      f"run: {{output: {tmp_path / 'out'}, engine: ray}}\n")
+    argv = (["score", str(rows_file), "--engine", "ray", "--output", str(tmp_path / "out")] if how == "option"
+            else ["run", str(recipe)])
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "needs Ray Data" in err and "pip install 'hf_prospector[ray]'" in err
+    assert not (tmp_path / "out").exists() and not work_dir(tmp_path / "out").exists()
+
+
+def test_recipe_engine_is_checked():
+    with pytest.raises(RecipeError, match="run.engine must be one of local, ray, got 'spark'"):
+        parse_recipe({"score": {"scorer": "ifd"}, "run": {"engine": "spark"}})
+    with pytest.raises(RecipeError, match="run.actors"):
+        parse_recipe({"score": {"scorer": "ifd"}, "run": {"engine": "ray", "actors": 0}})
+    assert parse_recipe({"score": {"scorer": "ifd"}, "run": {"engine": "ray", "actors": 2}}).run.actors == 2
+
+
+@pytest.mark.slow
+def test_map_batches_equals_dataset_map_in_numpy_and_arrow_formats(ray_cluster, tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_PROSPECTOR_CACHE", str(tmp_path))  # the golden score's zero-shot cache
+    ds = load_rows("demo").select(range(N_ROWS))
+    ds = ds.add_column("row_id", list(range(100, 100 + N_ROWS)))
+    ifd = {"model": str(tiny_model_dir), "dtype": "float32", "max_length": MAX_LENGTH}
+    gold = {"model": str(tiny_model_dir), "dtype": "float32", "task_set": datasets.Dataset.from_dict(TASKS),
+            "max_length": 128, "task_max_length": 32}
+    for cls, kwargs, batch_format in ((IFDScorer, ifd, "numpy"), (IFDScorer, ifd, "pyarrow"),
+                                      (GoldScorer, gold, "pyarrow")):
+        expected = cls(**kwargs).score(ds, batch_size=5)
+        scored = ray_cluster.data.from_arrow(ds.data.table).map_batches(
+            cls, fn_constructor_kwargs=kwargs, concurrency=1, batch_size=5, batch_format=batch_format)
+        table = pa.concat_tables(ray_cluster.get(scored.to_arrow_refs())).sort_by("row_id")
+        same_rows(expected, datasets.Dataset(datasets.table.InMemoryTable(table)).cast(expected.features))
+
+
+@pytest.mark.slow
+def test_engine_ray_on_two_actors_equals_one_process(ray_cluster, tiny_model_dir, rows_file, tmp_path, capsys,
+                                                     monkeypatch):
+    # Both actors up before the first range is sent, so that both score some (Ray does not wait by default).
+    monkeypatch.setattr(ray_cluster.data.DataContext.get_current(), "wait_for_min_actors_s", 120)
+    options = ["score", str(rows_file), "--model", str(tiny_model_dir), "--dtype", "float32",
+               "--max-length", str(MAX_LENGTH), "--part-rows", "3", "--batch-size", "2", "--show", "0"]
+    assert main([*options, "--output", str(tmp_path / "one.parquet")]) == 0
+    one = capsys.readouterr().out
+    assert main([*options, "--output", str(tmp_path / "ray.parquet"), "--engine", "ray", "--actors", "2"]) == 0
+    on_ray = capsys.readouterr().out
+    same_rows(load_rows(str(tmp_path / "one.parquet")), load_rows(str(tmp_path / "ray.parquet")))
+    assert load_rows(str(tmp_path / "ray.parquet"))["row_id"] == list(range(N_ROWS))
+    for out in (one, on_ray):
+        assert f"rows: {N_ROWS} ({N_ROWS} scored now, 0 by an earlier run)" in out
+    per_actor = [int(n) for n in re.search(r"processes: 2 \(rows scored per process: (\d+), (\d+)\)", on_ray).groups()]
+    assert sum(per_actor) == N_ROWS and min(per_actor) > 0  # both actors scored
+
+
+@pytest.mark.slow
+def test_killed_actor_is_retried_and_every_row_scored_once(ray_cluster, tiny_model_dir, rows_file, tmp_path):
+    from hf_prospector.ray_runner import score_run_ray
+
+    kwargs = {"dtype": "float32", "max_length": MAX_LENGTH}
+    source = load_rows(str(rows_file))
+    whole, _ = score_run(source, IFDScorer(str(tiny_model_dir), **kwargs), tmp_path / "whole.parquet",
+                         source_name="rows", part_rows=PART_ROWS, progress=False)
+    scorer = DyingOnceScorer(str(tiny_model_dir), **kwargs, count_file=str(tmp_path / "count"), die_at=5,
+                             die_file=str(tmp_path / "died"))
+    # part_seconds=0: a part per batch, so row 4's part is on disk when the actor dies at row 5 of range 4..6.
+    out, summary = score_run_ray(source, scorer, tmp_path / "ray.parquet", source_name="rows", batch_size=1,
+                                 part_rows=PART_ROWS, part_seconds=0, actors=2, progress=False)
+    assert (tmp_path / "died").exists()  # an actor did die mid-run
+    assert sorted(counted_rows(tmp_path / "count")) == list(range(N_ROWS))  # each row scored once
+    same_rows(whole, out)
+    assert (summary.rows, summary.rows_scored, summary.rows_resumed) == (N_ROWS, N_ROWS, 0)
+
+
+@pytest.mark.slow
+def test_driver_killed_then_rerun_does_not_rescore_finished_rows(ray_cluster, tiny_model_dir, rows_file, tmp_path):
+    output = tmp_path / "scored"
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address,
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+
+    def job(count_file, pause):
+        return [sys.executable, "-m", "tests.ray_job", str(tiny_model_dir), str(rows_file), str(output),
+                str(tmp_path / count_file), str(pause)]
+
+    # 1. A slow driver (0.5 s per row), killed with SIGKILL once two parts (4 rows) are on disk.
+    proc = subprocess.Popen(job("count1", 0.5), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 180
+    while len(list(work_dir(output).glob("part-*.parquet"))) < 2:
+        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+        assert time.monotonic() < deadline, "no part file was written"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(3)  # Ray ends the dead driver's actors; a part under way may still land
+    saved = set()
+    for part in work_dir(output).glob("part-*.parquet"):
+        saved.update(pq.read_table(part, columns=["row_id"])["row_id"].to_pylist())
+    assert 4 <= len(saved) < N_ROWS and not output.exists()
+
+    # 2. The same run again: it scores exactly the rows no part holds.
+    again = subprocess.run(job("count2", 0), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert sorted(counted_rows(tmp_path / "count2")) == sorted(set(range(N_ROWS)) - saved)
+    assert f"{N_ROWS - len(saved)} scored now, {len(saved)} by an earlier run" in again.stdout
+    assert load_rows(str(output))["row_id"] == list(range(N_ROWS))
