@@ -5,7 +5,7 @@ import sys
 
 from hf_prospector.ray_runner import score_run_ray
 from hf_prospector.sources import load_rows
-from tests.cli.counting import CountingScorer
+from tests.runner.counting import CountingScorer
 
 MAX_LENGTH = 96  # short rows: a fast test
 PART_ROWS = 2

@@ -19,7 +19,7 @@ from hf_prospector.recipes import RecipeError, parse_recipe
 from hf_prospector.runner import score_run, work_dir
 from hf_prospector.scorers import GoldScorer, IFDScorer
 from hf_prospector.sources import load_rows
-from tests.cli.counting import CountingScorer, counted_rows
+from tests.runner.counting import CountingScorer, counted_rows
 from tests.ray_job import MAX_LENGTH, PART_ROWS
 
 ROOT = Path(__file__).resolve().parents[1]
