@@ -2,7 +2,6 @@
 
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from hf_prospector.runner import score_run, work_dir
 from hf_prospector.scorers import GoldScorer, IFDScorer
 from hf_prospector.sources import load_rows
 from tests.runner.counting import CountingScorer, counted_rows
+from tests.runner.processes import kill_once_parts_saved
 from tests.ray_job import MAX_LENGTH, PART_ROWS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -160,13 +160,7 @@ def test_driver_killed_then_rerun_does_not_rescore_finished_rows(ray_cluster, ti
 
     # 1. A slow driver (0.5 s per row), killed with SIGKILL once two parts (4 rows) are on disk.
     proc = subprocess.Popen(job("count1", 0.5), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 180
-    while len(list(work_dir(output).glob("part-*.parquet"))) < 2:
-        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
-        assert time.monotonic() < deadline, "no part file was written"
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_once_parts_saved(proc, work_dir(output), parts=2, timeout=180, poll=0.05)
     time.sleep(3)  # Ray ends the dead driver's actors; a part under way may still land
     saved = set()
     for part in work_dir(output).glob("part-*.parquet"):

@@ -1,10 +1,8 @@
 """kill -9 a real scoring process mid-way, run the same command again: the same output, no row scored twice."""
 
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import datasets
@@ -16,6 +14,7 @@ from hf_prospector.runner import work_dir
 from hf_prospector.scorers import IFDScorer
 from hf_prospector.sources import load_rows
 from tests.runner.counting import counted_rows
+from tests.runner.processes import kill_once_parts_saved
 from tests.runner.resume_job import MAX_LENGTH
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,13 +38,7 @@ def test_kill_then_rerun_finishes_without_rescoring(tiny_model_dir, tmp_path):
     # 1. A slow run (0.3 s per row), killed with SIGKILL once two parts (4 rows) are on disk.
     proc = subprocess.Popen(job(tiny_model_dir, data, output, tmp_path / "count1", 0.3), cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while len(list(work_dir(output).glob("part-*.parquet"))) < 2:
-        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
-        assert time.monotonic() < deadline, "no part file was written"
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_once_parts_saved(proc, work_dir(output), parts=2, timeout=120, poll=0.02)
     assert proc.returncode == -signal.SIGKILL
     saved = {}
     for part in work_dir(output).glob("part-*.parquet"):
