@@ -119,8 +119,12 @@ class Scorer:
                 raise RuntimeError(FORKED_CUDA)
             if rank is not None and device == "cpu":
                 # A forked `num_proc` worker inherits OpenMP's thread-pool state from its parent, and a
-                # parallel region there can hang: one thread per worker is safe (use num_proc = cores).
+                # parallel region there can hang: one thread per worker is safe (use num_proc = cores). The
+                # compiler bakes its thread count into its kernels, so it is told too (torch 2.7 kept the parent's).
+                from torch._inductor import config as inductor_config
+
                 torch.set_num_threads(1)
+                inductor_config.cpp.threads = 1
             model, tokenizer = load_causal_lm(self.model, self.revision)
             self._engines[device] = Engine(model, tokenizer, device, self.dtype, self.token_budget, self.compile)
         return self._engines[device]

@@ -173,6 +173,20 @@ def test_with_rank_num_proc_equals_single_process(tiny_model_dir, alpaca, compil
     assert multi["ifd_note"] == single["ifd_note"]
 
 
+def test_a_cpu_worker_runs_one_thread_and_compiles_for_one(tiny_model_dir, monkeypatch):
+    """A forked worker's OpenMP pool is the parent's: a kernel compiled for the parent's thread count hangs there
+    (torch 2.7 baked it in), so a rank's engine sets one thread for eager and compiled code alike."""
+    from torch._inductor import config as inductor_config
+
+    monkeypatch.setattr(inductor_config.cpp, "threads", -1)  # inductor's default: torch's thread count
+    threads = torch.get_num_threads()
+    try:
+        IFDScorer(str(tiny_model_dir)).engine(rank=0)
+        assert (torch.get_num_threads(), inductor_config.cpp.threads) == (1, 1)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_a_forked_worker_without_cuda_is_told_to_spawn(tiny_model_dir, monkeypatch):
     monkeypatch.setattr(torch.cuda, "_is_in_bad_fork", lambda: True)  # what CUDA reports in such a worker
     scorer = IFDScorer(str(tiny_model_dir))
