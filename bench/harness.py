@@ -58,7 +58,7 @@ def first_rows(name: str, n: int):
 def machine() -> str:
     import torch
 
-    from hf_prospector.engine import native_bf16
+    from hf_prospector.engine import cpu_class, resolve_dtype
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -66,8 +66,9 @@ def machine() -> str:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return (f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__} with {torch.get_num_threads()} threads, "
-            f"native bfloat16: {native_bf16(torch.device('cpu'))}")
+    auto = dtype_name(resolve_dtype("auto", torch.device("cpu")))
+    return (f"{cpu}, {os.cpu_count()} CPUs, class {cpu_class()} (dtype auto: {auto}), torch {torch.__version__} "
+            f"with {torch.get_num_threads()} threads")
 
 
 def report_load(when: str, own_threads: int = 0) -> float:

@@ -8,12 +8,12 @@ Constants such as ``COMPILE_AFTER_S`` and ``FREED_MEMORY_SLACK`` live in their m
 
 from .batching import Engine, Request, plan_batches
 from .compilation import DeferredCompiler, resolve_compile
-from .hardware import (AlignedHead, attention_kernels, default_token_budget, head_chunk, native_bf16, resolve_dtype,
-                       scoring_head)
+from .hardware import (AlignedHead, attention_kernels, cpu_class, default_token_budget, head_chunk, native_bf16,
+                       resolve_dtype, scoring_head)
 from .memory import release_freed_memory, resident_bytes
 from .prefix_cache import SharedPrefixCache
 from .projection import logprobs_of, target_logprobs
 
 __all__ = ["AlignedHead", "DeferredCompiler", "Engine", "Request", "SharedPrefixCache", "attention_kernels",
-           "default_token_budget", "head_chunk", "logprobs_of", "native_bf16", "plan_batches", "release_freed_memory",
+           "cpu_class", "default_token_budget", "head_chunk", "logprobs_of", "native_bf16", "plan_batches", "release_freed_memory",
            "resident_bytes", "resolve_compile", "resolve_dtype", "scoring_head", "target_logprobs"]

@@ -140,7 +140,7 @@ class Engine:
                 started = time.perf_counter()
                 logprobs = self._run_batch([reqs[i] for i in batch], None if past is None else (cache, past[1]))
                 if cache is None or isinstance(cache, SharedPrefixCache):  # the passes that may run compiled count
-                    self.compiler.add_eager_time(time.perf_counter() - started)
+                    self.compiler.record(time.perf_counter() - started, sum(len(reqs[i].ids) for i in batch))
                 # Bounds the peak within a call (after the timing: not model time).
                 memory.release_freed_memory(if_grown_by=memory.FREED_MEMORY_SLACK)
             except torch.cuda.OutOfMemoryError:

@@ -1,19 +1,32 @@
-"""``torch.compile`` for long runs only: short runs never pay the compile time, and a machine whose compiler
-fails still scores, eagerly."""
+"""``torch.compile`` for long runs only: short runs never pay a compile they cannot recoup, and a machine whose
+compiler fails still scores, eagerly.
+
+``compile="auto"`` weighs the compile's cost against the eager time it saves. The cost is what the last compile
+of the same model took on this machine (kept beside torch's on-disk kernel cache, which makes a second run's
+compile short), else ``COMPILE_AFTER_S``. Told how many rows are left (:meth:`DeferredCompiler.expect`), it
+compiles as soon as they repay the cost and never when they cannot; not told, it compiles once the eager time
+spent equals the cost (so a run never spends more than twice the better choice's time).
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import warnings
 
 import torch
 
+from ..models import cache_dir
+from ..utils import atomic_write
 from .prefix_cache import SharedPrefixCache
 from .projection import target_logprobs
 
-# Seconds of eager model time after which ``compile="auto"`` compiles: a run that long is worth the compile
-# (tens of seconds on a CPU, cached on disk by torch for later runs). bench: python bench/bench_ifd.py
+# A cold compile's seconds on a CPU, until this machine has measured its own. bench: python bench/bench_ifd.py
 COMPILE_AFTER_S = 60.0
+# The share of eager model time that compiled code saves (SmolLM2-135M, 1 - eager/compiled rows/s, float32 0.XX,
+# bfloat16 0.XX). bench: python bench/bench_utilisation.py --compile off, then --compile on
+COMPILED_SAVING = 0.3
 
 _COMPILE_WORDS = {"on": True, "1": True, "true": True, "off": False, "0": False, "false": False, "auto": "auto"}
 
@@ -32,8 +45,8 @@ def resolve_compile(compile: bool | str | None) -> bool | str:
 
 class DeferredCompiler:
     """Compiles a model's decoder layers in place (``nn.Module.compile``), and the projection's log-softmax: at
-    once for ``compile=True``, once :meth:`add_eager_time` has counted ``COMPILE_AFTER_S`` seconds for ``"auto"``,
-    never for ``False``. A compiler error undoes it, with a warning, and the model runs eagerly for good.
+    once for ``compile=True``, when it repays its cost for ``"auto"`` (see the module), never for ``False``. A
+    compiler error undoes it, with a warning, and the model runs eagerly for good.
 
     Compiled, shapes are dynamic and one graph serves every layer (one more for passes over a shared prefix); it
     fuses the normalisation, rotary and activation arithmetic that otherwise dominates on a CPU.
@@ -47,6 +60,10 @@ class DeferredCompiler:
         self.compiled = False  # whether the decoder layers run compiled now
         self.failed: str | None = None  # the compiler's error, once it failed (then eager for good)
         self.eager_seconds = 0.0  # model time before compiling, which "auto" weighs against the compile
+        self.eager_tokens = 0  # tokens run in that time
+        self.eager_rows = 0  # rows scored in that time, as callers of expect count them
+        self.worth_it: bool | None = None  # "auto": whether the rows left repay a compile (None: not told)
+        self._timing_first = False  # the first compiled pass is timed: that is the compile's cost
         self.target_logprobs = target_logprobs  # compiled along with the layers
         self._attention = model.config._attn_implementation  # the model's own, restored if compiling fails
         if self.setting is True:
@@ -59,6 +76,8 @@ class DeferredCompiler:
         return next((m for m in children if isinstance(m, torch.nn.ModuleList) and len(m) == n), None)
 
     def compile(self) -> None:
+        if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:  # torch's own default is under /tmp, often wiped
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir() / "torchinductor")
         layers = self.decoder_layers()
         if layers is None:
             self.give_up(f"no list of decoder layers found in {type(self.model.base_model).__name__}")
@@ -67,6 +86,7 @@ class DeferredCompiler:
             layer.compile(dynamic=True)
         self.target_logprobs = torch.compile(target_logprobs, dynamic=True)
         self.compiled = True
+        self._timing_first = True
         if self.device.type == "cpu":
             # Compiled, the model's own attention arithmetic is as fast as CPU flash attention, which keeps a
             # generated kernel for every sequence length it meets (memory grows). bench: python bench/bench_scale.py
@@ -111,11 +131,57 @@ class DeferredCompiler:
             with torch.compiler.set_stance("force_eager"):
                 return fn(*args, **kwargs)
 
-    def add_eager_time(self, seconds: float) -> None:
-        """Count eager model time; ``"auto"`` compiles once it passes ``COMPILE_AFTER_S``. On a GPU this is the
-        host's time (the device runs behind it)."""
+    def record(self, seconds: float, tokens: int) -> None:
+        """Count one pass of ``tokens`` tokens and its model time (on a GPU, the host's: the device runs behind it).
+        Eager, it adds to the time ``"auto"`` weighs; the first compiled pass, less what it would have taken eagerly,
+        is the compile's cost on this machine, kept for later runs."""
+        if self._timing_first:
+            self._timing_first = False
+            eager_estimate = tokens * self.eager_seconds / self.eager_tokens if self.eager_tokens else 0.0
+            self._save_cost(max(seconds - eager_estimate, 0.0))
         if self.compiled or self.failed or self.setting != "auto":
             return
         self.eager_seconds += seconds
-        if self.eager_seconds >= COMPILE_AFTER_S:
+        self.eager_tokens += tokens
+        if self.worth_it is None and self.eager_seconds >= self.cost():
             self.compile()
+
+    def expect(self, rows_scored: int, rows_left: int) -> None:
+        """``"auto"``, told by a caller that knows the run's length, after ``rows_scored`` more rows: ``rows_left``
+        remain. Compiles now if their eager time (at the rate measured so far) repays the compile; if it cannot,
+        the run stays eager to its end."""
+        if self.compiled or self.failed or self.setting != "auto" or rows_scored <= 0:
+            return
+        self.eager_rows += rows_scored
+        left_seconds = self.eager_seconds / self.eager_rows * rows_left
+        self.worth_it = left_seconds * COMPILED_SAVING > self.cost()
+        if self.worth_it:
+            self.compile()
+
+    # -- the compile's cost on this machine, kept on disk -----------------------------------------
+    def cost(self) -> float:
+        """Seconds a compile of this model takes here: the last one measured, else ``COMPILE_AFTER_S``."""
+        return self._costs().get(self._cost_key(), COMPILE_AFTER_S)
+
+    def _cost_key(self) -> str:
+        config = self.model.config.to_json_string(use_diff=False)
+        return hashlib.sha256("|".join([torch.__version__, self.device.type, str(self.model.dtype),
+                                        str(torch.get_num_threads()), config]).encode()).hexdigest()[:24]
+
+    @staticmethod
+    def _costs_path():
+        return cache_dir() / "compile_seconds.json"
+
+    def _costs(self) -> dict[str, float]:
+        try:
+            return json.loads(self._costs_path().read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+
+    def _save_cost(self, seconds: float) -> None:
+        costs = {**self._costs(), self._cost_key(): round(seconds, 2)}
+        try:
+            self._costs_path().parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(self._costs_path(), lambda tmp: tmp.write_text(json.dumps(costs), encoding="utf-8"))
+        except OSError:  # a read-only cache: the next run estimates again
+            pass

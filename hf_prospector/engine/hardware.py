@@ -26,15 +26,28 @@ def native_bf16(device: torch.device) -> bool:
     return False
 
 
-@functools.lru_cache(maxsize=1)
 def _cpu_has_bf16() -> bool:
-    """Whether this CPU's flags (``/proc/cpuinfo``) name AVX512-BF16 or AMX-BF16."""
+    return bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_flags() -> frozenset[str]:
+    """This CPU's flags (``/proc/cpuinfo``); empty where that is absent."""
     try:
         with open("/proc/cpuinfo") as f:
-            flags = f.read()
+            return frozenset(next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), ()))
     except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+        return frozenset()
+
+
+def cpu_class() -> str:
+    """What this CPU's fastest matrix arithmetic is, which sets what ``dtype="auto"`` runs and how fast: ``AMX``,
+    ``AVX512-BF16`` (both: bfloat16), ``AVX512``, ``AVX2`` (float32) or ``older``. Benchmarks report by it."""
+    flags = _cpu_flags()
+    for name, flag in (("AMX", "amx_bf16"), ("AVX512-BF16", "avx512_bf16"), ("AVX512", "avx512f"), ("AVX2", "avx2")):
+        if flag in flags:
+            return name
+    return "older"
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:

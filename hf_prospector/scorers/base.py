@@ -92,6 +92,7 @@ class Scorer:
         self.compile = compile  # None: HF_PROSPECTOR_COMPILE or "auto", read where the engine starts
         self._engines: dict[str, Engine] = {}
         self._per_engine: dict[tuple[str, int], tuple[Engine, dict, Any]] = {}  # see per_engine
+        self._rows_left: int | None = None  # see expect_rows
 
     # -- settings and pickling ---------------------------------------------------------------------
     def settings(self) -> dict[str, Any]:
@@ -105,6 +106,7 @@ class Scorer:
         state = dict(self.__dict__)
         state["_engines"] = {}  # weights never travel; each process loads its own lazily
         state["_per_engine"] = {}  # nor what was built for them
+        state["_rows_left"] = None  # nor this process's plan (it would change the datasets fingerprint)
         return state
 
     def __repr__(self) -> str:
@@ -164,7 +166,19 @@ class Scorer:
         indices = next((e for e in extra if isinstance(e, list)), None)  # only with ds.map(with_indices=True)
         rank = next((e for e in extra if isinstance(e, int)), None)
         examples = batch_to_examples(batch, self.mapping, indices, self.turn, map_batch=True)
-        return self.score_examples(examples, self.engine(rank))
+        engine = self.engine(rank)
+        scores = self.score_examples(examples, engine)
+        if self._rows_left is not None:
+            self._rows_left = max(self._rows_left - len(examples), 0)
+            engine.compiler.expect(len(examples), self._rows_left)
+        return scores
+
+    def expect_rows(self, rows: int | None) -> None:
+        """How many rows this process will score from now on (None: unknown), so that ``compile="auto"`` compiles
+        only when they repay the compile. :meth:`score` and the runner say it; a ``ds.map`` caller may."""
+        if rows is not None:
+            require_int("rows", rows, 0)
+        self._rows_left = rows
 
     def score_examples(self, examples, engine: Engine) -> dict[str, list]:
         raise NotImplementedError
@@ -175,7 +189,12 @@ class Scorer:
         find no score column."""
         if isinstance(ds, Dataset) and len(ds) == 0:
             return add_empty_columns(ds, self.features)
-        return ds.map(self, batched=True, with_indices=True, **map_kwargs)
+        if isinstance(ds, Dataset) and not map_kwargs.get("num_proc"):
+            self.expect_rows(len(ds))
+        try:
+            return ds.map(self, batched=True, with_indices=True, **map_kwargs)
+        finally:
+            self.expect_rows(None)
 
 
 def is_array_batch(batch) -> bool:

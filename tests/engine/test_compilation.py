@@ -1,5 +1,7 @@
-"""torch.compile: compiled layers give the eager numbers, ``auto`` compiles after enough model time, a failing
-compiler falls back to eager."""
+"""torch.compile: compiled layers give the eager numbers, ``auto`` compiles when the run repays the compile's cost on
+this machine (measured and kept on disk), a failing compiler falls back to eager."""
+
+import json
 
 import numpy as np
 import pytest
@@ -11,6 +13,12 @@ from tests.engine.helpers import varied_requests
 from tests.oracles import full_logits_logprobs
 
 
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    """Each test its own record of compile costs."""
+    monkeypatch.setenv("HF_PROSPECTOR_CACHE", str(tmp_path / "cache"))
+
+
 @pytest.fixture
 def compiled_engine(tiny_model_dir):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
@@ -19,7 +27,7 @@ def compiled_engine(tiny_model_dir):
 
 
 @pytest.mark.slow
-def test_compiled_engine_equals_eager_reference(compiled_engine, tiny_model_dir):
+def test_compiled_engine_equals_eager_reference(compiled_engine, tiny_model_dir, tmp_path):
     """Compiled decoder layers give the eager model's log-probabilities, cached passes included. On a CPU they
     compute attention as the model's own arithmetic; the reference is the model as it loads (SDPA)."""
     engine = compiled_engine
@@ -33,6 +41,8 @@ def test_compiled_engine_equals_eager_reference(compiled_engine, tiny_model_dir)
     conts = [Request([90, 91, 92, 93], 0), Request(list(range(120, 150)), 10)]
     prefixed = engine.prefixed_logprobs(prefix, conts)  # compiled too, over the shared prefix cache
     assert engine.compile_failed is None
+    recorded = json.loads((tmp_path / "cache" / "compile_seconds.json").read_text())
+    assert len(recorded) == 1 and list(recorded.values())[0] > 0  # the first compiled pass's cost, for later runs
     with torch.compiler.set_stance("force_eager"):
         for r, g in zip(reqs, got):
             np.testing.assert_allclose(g, full_logits_logprobs(reference, r.ids, r.start), atol=1e-4)
@@ -53,6 +63,58 @@ def test_auto_compiles_after_enough_model_time(tiny_model_dir, monkeypatch):
     assert engine.compiled  # the threshold was crossed: later passes are compiled
     for a, b in zip(eager, engine.logprobs(reqs)):
         np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+@pytest.fixture
+def auto(tiny_model_dir, monkeypatch):
+    """A compiler for ``"auto"`` whose compile only flips its state (the decision is under test, not torch)."""
+    def fake_compile(self):
+        self.compiled, self._timing_first = True, True
+
+    monkeypatch.setattr(compilation.DeferredCompiler, "compile", fake_compile)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    return lambda: compilation.DeferredCompiler(model, torch.device("cpu"), "auto", "past_key_values")
+
+
+def test_not_told_the_run_length_auto_compiles_once_eager_time_equals_the_cost(auto, monkeypatch):
+    monkeypatch.setattr(compilation, "COMPILE_AFTER_S", 60.0)
+    compiler = auto()
+    compiler.record(59.0, 1000)
+    assert not compiler.compiled
+    compiler.record(1.0, 10)
+    assert compiler.compiled
+
+
+def test_told_the_rows_left_auto_compiles_at_once_when_they_repay_it_and_never_when_they_cannot(auto, monkeypatch):
+    monkeypatch.setattr(compilation, "COMPILE_AFTER_S", 60.0)
+    monkeypatch.setattr(compilation, "COMPILED_SAVING", 0.5)
+    short = auto()
+    short.record(10.0, 1000)  # 100 rows in 10 s: 0.1 s a row
+    short.expect(100, 1000)  # 100 s left, 50 s saved: less than the 60 s compile
+    assert short.worth_it is False and not short.compiled
+    short.record(100.0, 10000)  # past the cost, yet told it cannot repay: stays eager
+    assert not short.compiled
+    long = auto()
+    long.record(10.0, 1000)
+    long.expect(100, 1300)  # 130 s left, 65 s saved
+    assert long.worth_it and long.compiled
+
+
+def test_the_first_compiled_pass_is_the_compile_cost_kept_for_later_runs(auto, monkeypatch):
+    monkeypatch.setattr(compilation, "COMPILE_AFTER_S", 60.0)
+    first = auto()
+    assert first.cost() == 60.0  # nothing measured on this machine yet
+    first.record(60.0, 6000)  # eager: 0.01 s a token
+    assert first.compiled
+    first.record(25.0, 1000)  # compiled: 10 s of it is the pass itself, 15 s the compile
+    first.record(5.0, 1000)  # later passes are not the compile
+    assert auto().cost() == pytest.approx(15.0)  # a later run (same model, dtype, device, threads) knows it
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads + 1)
+        assert auto().cost() == 60.0  # another thread count compiles other kernels: not measured
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_compiler_failure_falls_back_to_eager(compiled_engine, monkeypatch):

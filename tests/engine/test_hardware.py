@@ -24,6 +24,14 @@ def test_dtype_resolution(monkeypatch):
         resolve_dtype("int3", torch.device("cpu"))
 
 
+def test_cpu_class_names_the_fastest_matrix_arithmetic(monkeypatch):
+    for flags, name in (({"avx2", "avx512f", "avx512_bf16", "amx_bf16"}, "AMX"), ({"avx2", "avx512_bf16"}, "AVX512-BF16"),
+                        ({"avx2", "avx512f"}, "AVX512"), ({"sse4_2", "avx2", "fma"}, "AVX2"), ({"sse4_2"}, "older")):
+        monkeypatch.setattr(hardware, "_cpu_flags", lambda flags=flags: frozenset(flags))
+        assert hardware.cpu_class() == name
+        assert hardware.native_bf16(torch.device("cpu")) == (name in ("AMX", "AVX512-BF16"))
+
+
 def test_aligned_head_projects_as_the_head_does():
     torch.manual_seed(0)
     hidden = torch.randn(7, 16)

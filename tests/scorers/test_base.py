@@ -2,7 +2,6 @@
 context window, settings that cannot work, and empty datasets."""
 
 import math
-import shutil
 
 import datasets
 import numpy as np
@@ -174,3 +173,25 @@ def test_a_changed_task_file_is_not_served_from_the_datasets_cache(tmp_path, tin
     fresh = datasets.Dataset.from_dict(ROWS).map(scorer(), batched=True)
     np.testing.assert_allclose(second["gold_delta"], fresh["gold_delta"], rtol=1e-6)
     assert not np.allclose(first["gold_delta"], second["gold_delta"])
+
+
+def test_score_tells_compile_auto_the_rows_left_without_changing_the_fingerprint(tiny_model_dir, monkeypatch):
+    """``score()`` knows the row count: after each batch the compiler hears how many rows remain, so a run too short
+    to repay a compile stays eager. The plan is this process's, not a setting: the fingerprint ignores it."""
+    from hf_prospector.engine.compilation import DeferredCompiler
+
+    told = []
+    monkeypatch.setattr(DeferredCompiler, "expect", lambda self, scored, left: told.append((scored, left)))
+    rows = datasets.Dataset.from_dict({k: v * 3 for k, v in ROWS.items()}).select(range(5))
+    scorer = IFDScorer(str(tiny_model_dir), dtype="float32")
+    before = Hasher.hash(scorer)
+    scorer.score(rows, batch_size=2, load_from_cache_file=False)
+    assert told == [(2, 3), (2, 1), (1, 0)]
+    scorer.expect_rows(10)
+    assert Hasher.hash(scorer) == before
+    told.clear()
+    scorer.expect_rows(None)
+    rows.map(scorer, batched=True, batch_size=2, load_from_cache_file=False)  # ds.map alone: not told
+    assert told == []
+    with pytest.raises(ValueError, match="rows"):
+        scorer.expect_rows(-1)
