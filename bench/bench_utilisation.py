@@ -14,6 +14,12 @@ long run reaches. Everything alternates in one process for ``--rounds`` rounds; 
 
     python bench/bench_utilisation.py                        # 1,000 rows, 3 rounds (about 20 minutes)
     python bench/bench_utilisation.py --rows 16 --rounds 1   # a smoke run
+    python bench/bench_utilisation.py --dtypes float32 --token-budgets 1024,2048,4096 --head-chunks 128,256,512 \
+        --eager --skip-reference                             # tune a dtype's CPU settings; eager vs compiled
+
+With ``--token-budgets``/``--head-chunks`` each combination is a run of its own on the dtype's one engine (the
+settings are the engine's ``token_budget`` and ``head_positions``); ``--eager`` adds an uncompiled engine per dtype,
+whose time against the compiled one's gives ``COMPILED_SAVING`` (hf_prospector/engine/compilation.py).
 """
 
 from __future__ import annotations
@@ -83,7 +89,13 @@ def main() -> None:
     parser.add_argument("--compile", choices=("on", "auto", "off"), default="on",
                         help="IFDScorer(compile=...): on (default) measures a long run's steady state; auto "
                              "compiles after a minute of model time, as a run with the defaults does")
+    parser.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated dtypes to measure")
+    parser.add_argument("--token-budgets", default="", help="comma-separated token budgets (default: the engine's)")
+    parser.add_argument("--head-chunks", default="", help="comma-separated positions projected at once")
+    parser.add_argument("--eager", action="store_true", help="also run each dtype uncompiled")
     args = parser.parse_args()
+    budgets = [int(x) for x in args.token_budgets.split(",") if x] or [None]
+    chunks = [int(x) for x in args.head_chunks.split(",") if x] or [None]
 
     from hf_prospector.models import load_causal_lm
     from hf_prospector.scorers import IFDScorer
@@ -97,15 +109,31 @@ def main() -> None:
     def scored(scorer, data):
         data.map(scorer, batched=True, batch_size=args.batch_size, load_from_cache_file=False, keep_in_memory=True)
 
+    def with_settings(engine, budget, chunk, score):
+        default_budget = engine.token_budget
+
+        def run():
+            engine.token_budget, engine.head_positions = budget or default_budget, chunk
+            return score()
+        return run
+
     runs, engines = {}, {}
-    for dtype in (torch.float32, torch.bfloat16):
-        label = f"IFDScorer {harness.dtype_name(dtype)}"
-        scorer = IFDScorer(dtype=harness.dtype_name(dtype), compile=args.compile)
-        engines[label] = scorer.engine()
-        counter = harness.FlopCounter(engines[label].model)
-        sampler = InStepMatmul(engines[label].model, dtype, args.matmul_seconds, args.every)
-        scored(scorer, warm)  # one-time set-up is not measured
-        runs[label] = lambda s=scorer, c=counter, m=sampler: measured(lambda: scored(s, ds), c, m)
+    for name in args.dtypes.split(","):
+        dtype = getattr(torch, name)
+        for compile in [args.compile] + ["off"] * args.eager:
+            scorer = IFDScorer(dtype=name, compile=compile)
+            engine = scorer.engine()
+            counter = harness.FlopCounter(engine.model)
+            sampler = InStepMatmul(engine.model, dtype, args.matmul_seconds, args.every)
+            scored(scorer, warm)  # one-time set-up is not measured
+            for budget in budgets:
+                for chunk in chunks:
+                    label = " ".join([f"IFDScorer {name}"] + [f"compile={compile}"] * args.eager
+                                     + [f"token_budget={budget}"] * (budget is not None)
+                                     + [f"head_positions={chunk}"] * (chunk is not None))
+                    engines[label] = engine
+                    runs[label] = with_settings(engine, budget, chunk, lambda s=scorer, c=counter, m=sampler:
+                                                measured(lambda: scored(s, ds), c, m))
     if not args.skip_reference:
         ref_model, tokenizer = load_causal_lm(None)
         ref_counter = harness.FlopCounter(ref_model)

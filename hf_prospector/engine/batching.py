@@ -61,7 +61,8 @@ class Engine:
         self.dtype = resolve_dtype(dtype, self.device)
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
         self.tokenizer = tokenizer
-        self.token_budget = token_budget or default_token_budget(self.device)
+        self.token_budget = token_budget or default_token_budget(self.device, self.dtype)
+        self.head_positions: int | None = None  # positions projected at once; None: hardware.head_chunk's choice
         self.pad_id = next(t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if t is not None)
         self.backbone = self.model.base_model
         self.head = scoring_head(self.model.get_output_embeddings(), self.device)
@@ -118,7 +119,8 @@ class Engine:
         if self._head_only:
             hidden = self.compiler.run(self.backbone, input_ids=ids, attention_mask=mask, use_cache=past is not None,
                                          **kwargs).last_hidden_state
-            lp = gather_logprobs(self._project, hidden, rows, cols, targets, head_chunk(self.device, self.compiled))
+            chunk = self.head_positions or head_chunk(self.device, self.compiled, self.dtype)
+            lp = gather_logprobs(self._project, hidden, rows, cols, targets, chunk)
         else:
             logits = self.compiler.run(self.model, input_ids=ids, attention_mask=mask, use_cache=past is not None,
                                        **kwargs).logits

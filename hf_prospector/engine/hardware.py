@@ -63,21 +63,29 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     return table[dtype]
 
 
-def default_token_budget(device: torch.device) -> int:
-    """Tokens per micro-batch: small on CPU (the activations stay in cache), large on GPUs."""
+def default_token_budget(device: torch.device, dtype: torch.dtype = torch.bfloat16) -> int:
+    """Tokens per micro-batch: small on CPU (the activations stay in cache), large on GPUs. bench: python
+    bench/bench_utilisation.py --token-budgets 1024,2048,4096"""
     env = os.environ.get("HF_PROSPECTOR_TOKEN_BUDGET")
     if env:
         return int(env)
-    return 32768 if device.type == "cuda" else 2048
+    if device.type == "cuda":
+        return 32768
+    return CPU_TOKEN_BUDGET.get(dtype, 2048)
 
 
-def head_chunk(device: torch.device, compiled: bool) -> int:
+def head_chunk(device: torch.device, compiled: bool, dtype: torch.dtype = torch.bfloat16) -> int:
     """Positions whose logits are materialised at once. On a CPU the eager log-softmax makes several passes over
     its [positions x vocabulary] float32 block, which must stay in cache; compiled, they fuse into one pass and a
-    larger block is best. GPUs want large blocks. bench: python bench/bench_ifd.py"""
+    larger block is best. GPUs want large blocks. bench: python bench/bench_utilisation.py --head-chunks 128,256,512"""
     if device.type == "cuda":
         return 1024
-    return 256 if compiled else 64
+    return CPU_HEAD_CHUNK.get(dtype, 256) if compiled else 64
+
+
+# CPU micro-batch settings per dtype (float32 activations are twice bfloat16's, so they may want fewer tokens).
+CPU_TOKEN_BUDGET = {torch.bfloat16: 2048, torch.float32: 2048}
+CPU_HEAD_CHUNK = {torch.bfloat16: 256, torch.float32: 256}
 
 
 def attention_kernels(device: torch.device):
