@@ -7,7 +7,7 @@ eval loss on held-out GPT-4 answers (``alpaca_gpt4_9k.json``, rows whose instruc
 ``alpaca_eval_805.json`` with paired bootstrap intervals (``hf_prospector.evaluation.run_evidence``). The embedded SmolLM2-135M is scorer and base.
 
     python bench/evidence.py --small          # minutes: a smoke run of the whole path, numbers mean little
-    python bench/evidence.py                  # about an hour on a 2-core float32 CPU
+    python bench/evidence.py                  # about an hour on 2 AMX cores (bfloat16), longer in float32
     python bench/evidence.py --pool 52002 --arm-rows 2600 --eval-rows 1000 --epochs 3   # on a GPU
 
 Results go to ``bench/results/evidence[-small]/`` (report.md, evidence.json, evidence.png; arms resume).
@@ -23,8 +23,8 @@ from harness import RESULTS, first_rows, parser, print_header, report_end_load, 
 
 SIZES = {  # pool rows scored, rows per arm, eval rows, random seeds, optimizer steps (None: one epoch)
     "small": dict(pool=200, arm_rows=16, eval_rows=16, seeds=2, steps=2),
-    # About an hour on 2 float32 cores: scoring ~0.27 GFLOP per token per pass, training about three times that.
-    "full": dict(pool=1500, arm_rows=150, eval_rows=200, seeds=3, steps=None),
+    # About an hour on 2 cores with AMX (bfloat16); float32-only CPUs take several times longer.
+    "full": dict(pool=3000, arm_rows=300, eval_rows=200, seeds=3, steps=None),
 }
 
 
@@ -40,7 +40,8 @@ def main() -> None:
     p.add_argument("--learning-rate", type=float, default=5e-5)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--model", default="smollm2-135m", help="scorer and base model")
-    p.add_argument("--dtype", default="float32", help="scoring and evaluation dtype (training: float32)")
+    p.add_argument("--dtype", default="auto",
+                   help="scoring and evaluation dtype; bfloat16 also trains in bfloat16 autocast (float32 weights)")
     args = p.parse_args()
     size = SIZES["small" if args.small else "full"]
     for key in size:
@@ -56,8 +57,9 @@ def main() -> None:
     from hf_prospector.scorers import IFDScorer
     from hf_prospector.selection import SelectionRule, length_matched_random, longest, random_rows, select
 
-    print(f"# dtype: scoring/eval {resolve_dtype(args.dtype, torch.device('cpu'))}, training float32; "
-          f"sizes: {vars(args)}")
+    dtype = resolve_dtype(args.dtype, torch.device("cpu"))
+    bf16 = dtype == torch.bfloat16
+    print(f"# dtype: scoring/eval {dtype}, training {'bfloat16 autocast' if bf16 else 'float32'}; sizes: {vars(args)}")
     report_load("start")
     started = time.perf_counter()
     pool = first_rows("alpaca_52k.json", args.pool)
@@ -82,7 +84,7 @@ def main() -> None:
                  "alpaca-eval": alpaca_eval.shuffle(seed=0).select(range(min(args.eval_rows, len(alpaca_eval))))}
 
     settings = TrainSettings(epochs=args.epochs, steps=args.steps, learning_rate=args.learning_rate,
-                             batch_size=args.batch_size)
+                             batch_size=args.batch_size, bf16=bf16)
     out = RESULTS / ("evidence-small" if args.small else "evidence")
     result = run_evidence(arms, eval_sets, out, base_model=args.model, settings=settings, dtype=args.dtype,
                           equal_size=False, rows=min(len(ds) for ds in arms.values()))

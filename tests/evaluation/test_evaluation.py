@@ -101,6 +101,16 @@ def test_only_response_tokens_carry_loss(tiny):
         assert labels[:len(enc.ids[k]) - len(response)] == [-100] * (len(enc.ids[k]) - len(response))
 
 
+def test_settings_reach_the_trainer_and_checkpointing_is_off_by_default(tiny):
+    """TRL turns gradient checkpointing on by default (a third more compute); the arms' settings decide."""
+    enc, tokenizer = encoded(tiny, alpaca(2))
+    model, _ = load_causal_lm(tiny)
+    args = make_trainer(model, tokenizer, as_train_dataset(enc), FAST, str(tiny) + "-sft").args
+    assert not args.gradient_checkpointing and args.learning_rate == FAST.learning_rate
+    on = TrainSettings(steps=1, gradient_checkpointing=True)
+    assert make_trainer(model, tokenizer, as_train_dataset(enc), on, str(tiny) + "-sft").args.gradient_checkpointing
+
+
 @pytest.mark.slow
 def test_fine_tuning_lowers_the_arms_loss_and_repeats_exactly(tiny):
     enc, tokenizer = encoded(tiny, alpaca(8))
