@@ -4,8 +4,8 @@
 A local path behaves as it always has: a file or folder is written beside its place, then moved there with one
 ``os.replace`` (:func:`hf_prospector.utils.atomic_write`). A URL goes through fsspec: what is written is staged
 in a local temporary folder, uploaded beside its place, then moved there. On an object store an object written in
-one put is atomic already (no partial object is ever visible), and a move is a copy and a delete: a file appears
-whole, a folder's files one by one. Credentials come from fsspec's config and the filesystem's own sources (e.g.
+one put is atomic already (no partial object is ever visible), and a move is a copy and a delete: there a file is
+put in its place at once, and a folder (a saved dataset) is uploaded beside and moved, its files one by one. Credentials come from fsspec's config and the filesystem's own sources (e.g.
 the AWS variables for ``s3://``), never from a setting of this library; a URL is shown with its user, password
 and query hidden (:func:`shown`), and an error that would show them is scrubbed (:func:`secrets_hidden`).
 """
@@ -22,6 +22,8 @@ from typing import Any, Callable, Iterator
 from .utils import atomic_write, remove_path
 
 # A URL's user info: no "/" in it, but a password may hold one when not %-encoded (an AWS secret key often does).
+# Object stores, where one put of an object is atomic: a file is put in its place, not uploaded beside and copied.
+OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "oci", "oss", "r2"})
 _USERINFO = re.compile(r"^([a-zA-Z][\w+.-]*://)([^/@]*|[^/@:]*:[^@]*)@")
 
 
@@ -215,7 +217,9 @@ class Place:
         """Write this file or folder whole or not at all: ``write(tmp)`` fills a local path, which replaces this
         place (``clear=True``: a folder here is removed first, see :func:`hf_prospector.utils.atomic_write`).
         For a URL, ``tmp`` is ``staged`` (default: in a temporary folder, removed after), uploaded beside this
-        place, then moved here; a ``staged`` path is left to the caller, e.g. to load what was written."""
+        place, then moved here; a ``staged`` path is left to the caller, e.g. to load what was written. A file on
+        an object store (:data:`OBJECT_STORES`) is put in its place at once: the put is atomic there, and a move
+        would be a copy and a delete."""
         if not self.url:
             atomic_write(self.where, write, clear=clear)
             return
@@ -224,11 +228,17 @@ class Place:
         with tempfile.TemporaryDirectory(prefix="hf_prospector-") as folder:
             local = Path(staged) if staged is not None else Path(folder) / self.name
             write(local)
-            beside = self.sibling(f".{self.name}.{uuid.uuid4().hex[:8]}.tmp")
             fs, path = self._fs()
+            fs.makedirs(posixpath.dirname(path.rstrip("/")), exist_ok=True)  # as save_to_disk does (object stores: nothing)
+            protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
+            if local.is_file() and protocols & OBJECT_STORES:
+                if clear and fs.isdir(path):
+                    fs.rm(path, recursive=True)
+                fs.put_file(str(local), path)
+                return
+            beside = self.sibling(f".{self.name}.{uuid.uuid4().hex[:8]}.tmp")
             _, tmp = beside._fs()
             try:
-                fs.makedirs(posixpath.dirname(path.rstrip("/")), exist_ok=True)  # as save_to_disk does (object stores: nothing)
                 fs.put(str(local), tmp, recursive=local.is_dir())
                 if clear:
                     self.remove()

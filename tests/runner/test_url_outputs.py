@@ -123,3 +123,33 @@ def test_places_show_urls_without_credentials_and_join_names(remote):
     assert (remote / "bucket" / "out" / "a.txt").read_text() == "hello"
     assert [p.name for p in Place("fakeremote://bucket/out").glob("*.txt")] == ["a.txt"]
     assert sorted(p.name for p in (remote / "bucket" / "out").iterdir()) == ["a.txt"]  # the upload was moved
+
+
+class FakeObjectStore(fakeremote.FakeRemoteFileSystem):
+    """``fakeobjects://``, an object store by its protocol's other name (``s3``); it counts its moves."""
+
+    protocol = ("fakeobjects", "s3")
+    moves: list = []
+
+    def mv(self, *args, **kwargs):
+        FakeObjectStore.moves.append(args[:2])
+        return super().mv(*args, **kwargs)
+
+
+def test_a_file_on_an_object_store_is_put_in_its_place_a_folder_moved(remote, monkeypatch):
+    import fsspec
+
+    fsspec.register_implementation("fakeobjects", FakeObjectStore, clobber=True)
+    monkeypatch.setattr(FakeObjectStore, "moves", [])
+    Place("fakeobjects://bucket/a.parquet").write(lambda tmp: tmp.write_text("one put"))
+    assert FakeObjectStore.moves == [] and (remote / "bucket" / "a.parquet").read_text() == "one put"
+
+    def folder(tmp):
+        tmp.mkdir()
+        (tmp / "state.json").write_text("{}")
+
+    Place("fakeobjects://bucket/saved").write(folder, clear=True)  # several objects: uploaded beside, then moved
+    assert len(FakeObjectStore.moves) == 1 and (remote / "bucket" / "saved" / "state.json").exists()
+    Place("fakeremote://bucket/b.parquet").write(lambda tmp: tmp.write_text("beside, then moved"))
+    assert len(FakeObjectStore.moves) == 1 and sorted(p.name for p in (remote / "bucket").iterdir()) == [
+        "a.parquet", "b.parquet", "saved"]
