@@ -5,9 +5,10 @@ A local path behaves as it always has: a file or folder is written beside its pl
 ``os.replace`` (:func:`hf_prospector.utils.atomic_write`). A URL goes through fsspec: what is written is staged
 in a local temporary folder, uploaded beside its place, then moved there. On an object store an object written in
 one put is atomic already (no partial object is ever visible), and a move is a copy and a delete: there a file is
-put in its place at once, and a folder (a saved dataset) is uploaded beside and moved, its files one by one. Credentials come from fsspec's config and the filesystem's own sources (e.g.
-the AWS variables for ``s3://``), never from a setting of this library; a URL is shown with its user, password
-and query hidden (:func:`shown`), and an error that would show them is scrubbed (:func:`secrets_hidden`).
+put in its place at once, and a folder (a saved dataset) is uploaded beside and moved, its files one by one.
+Credentials come from fsspec's config and the filesystem's own sources (e.g. the AWS variables for ``s3://``),
+never from a setting of this library; a URL is shown with its user, password and query hidden (:func:`shown`),
+and an error that would show them is scrubbed (:func:`secrets_hidden`).
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from .sources import exception_chain
 from .utils import atomic_write, remove_path
 
-# A URL's user info: no "/" in it, but a password may hold one when not %-encoded (an AWS secret key often does).
 # Object stores, where one put of an object is atomic: a file is put in its place, not uploaded beside and copied.
 OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "oci", "oss", "r2"})
+# A URL's user info: no "/" in it, but a password may hold one when not %-encoded (an AWS secret key often does).
 _USERINFO = re.compile(r"^([a-zA-Z][\w+.-]*://)([^/@]*|[^/@:]*:[^@]*)@")
 
 
@@ -53,7 +55,8 @@ def _secrets(where: str) -> list[str]:
         return []
     userinfo = m[2] if (m := _USERINFO.match(where)) else ""
     query = where.split("?", 1)[1] if "?" in where else ""
-    found = [userinfo, query, *userinfo.split(":", 1)[1:], *(v for pair in query.split("&") for v in pair.split("=", 1)[1:])]
+    values = [v for pair in query.split("&") for v in pair.split("=", 1)[1:]]
+    found = [userinfo, query, *userinfo.split(":", 1)[1:], *values]
     return sorted({part for part in found if len(part) >= 4}, key=len, reverse=True)
 
 
@@ -65,13 +68,7 @@ def secrets_hidden(*places: str | Path) -> Iterator[None]:
     try:
         yield
     except Exception as err:
-        chain, seen = [], set()
-        at = err
-        while at is not None and id(at) not in seen:  # err and the errors it was raised from or while handling
-            seen.add(id(at))
-            chain.append(at)
-            at = at.__cause__ or at.__context__
-        if not any(s in str(e) or s in repr(e.args) for e in chain for s in secrets):
+        if not any(s in str(e) or s in repr(e.args) for e in exception_chain(err) for s in secrets):
             raise
         text = f"{type(err).__name__}: {err}"
         for secret in secrets:
@@ -229,7 +226,7 @@ class Place:
             local = Path(staged) if staged is not None else Path(folder) / self.name
             write(local)
             fs, path = self._fs()
-            fs.makedirs(posixpath.dirname(path.rstrip("/")), exist_ok=True)  # as save_to_disk does (object stores: nothing)
+            fs.makedirs(posixpath.dirname(path.rstrip("/")), exist_ok=True)  # as save_to_disk does (nothing on S3)
             protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
             if local.is_file() and protocols & OBJECT_STORES:
                 if clear and fs.isdir(path):
