@@ -1,14 +1,17 @@
 """Scoring on a Ray cluster: ``hf-prospector score ... --engine ray`` (recipe ``run.engine: ray``).
 
-Ray Data streams the input's row ranges through a pool of scorer actors (one per GPU, or ``cpus_per_actor``
-CPUs each) and does the scheduling, placement and retries; the run is otherwise :mod:`hf_prospector.runner`'s:
-the same blocks, the same part files (written by the actors, each with the hash of its input rows), manifest,
-gather and summary. So the output, its ``row_id`` s and a re-run are those of a single-process run: a re-run
-scores only the rows no part holds. An actor that dies is restarted by Ray and its range retried; the range's
-parts already written are kept, not scored again.
+The driver streams the input's row ranges to a pool of Ray actors (one per GPU, or ``cpus_per_actor`` CPUs each),
+at most :data:`RANGES_PER_ACTOR` ranges per actor at a time: an input of any size passes through the driver a few
+ranges at a time, and every actor has its next range waiting when it finishes one. Ray places the actors, and
+restarts one that dies and retries its ranges; the run is otherwise :mod:`hf_prospector.runner`'s: the same
+blocks, the same part files (written by the actors, each with the hash of its input rows), manifest, gather and
+summary. So the output, its ``row_id`` s and a re-run are those of a single-process run: a re-run scores only the
+rows no part holds, and a retried range keeps its parts already written.
 
 The cluster is ``RAY_ADDRESS`` when set (every node needs ``hf_prospector`` and the model), else a local one.
-The work directory beside the output must be on storage that every node sees (a shared filesystem).
+The output, and the work directory beside it, must be where every node can write: a shared filesystem, or an
+fsspec URL (``s3://bucket/scored.parquet``, ``gs://...``) with its credentials set on every node (the actors write
+the parts there themselves).
 
 Ray Data's own checkpointing (``DataContext.checkpoint_config``, beta) records finished row ids only: it cannot
 tell a row whose input or scorer settings changed since from a finished one, which the parts' input hashes and
@@ -22,16 +25,16 @@ The scorers are Ray Data UDFs too, without this module:
 from __future__ import annotations
 
 import os
-import pickle
 from pathlib import Path
 
 from datasets import Dataset, IterableDataset
 
 from .runner import (DEFAULT_BATCH_SIZE, DEFAULT_PART_ROWS, DEFAULT_PART_SECONDS, PartWriter, RunSummary, _missing,
-                     _Run, check_run_options, execute, list_parts)
+                     _overlap, _Run, check_run_options, execute, list_parts)
 from .utils import require_int
 
 INSTALL = "pip install 'hf_prospector[ray]'"
+RANGES_PER_ACTOR = 2  # in flight per actor: the one it scores and the next, so that it never waits on the driver
 
 
 def require_ray():
@@ -62,16 +65,14 @@ def score_run_ray(source: Dataset | IterableDataset, scorer, output: str | Path,
                   actors: int | None = None, cpus_per_actor: int = 1,
                   progress: bool = True) -> tuple[Dataset, RunSummary]:
     """:func:`hf_prospector.runner.score_run` on a Ray cluster: ``actors`` scorer actors (default: one per GPU
-    of the cluster, else one per ``cpus_per_actor`` of its CPUs). Call it once, from the driver."""
+    of the cluster, else one per ``cpus_per_actor`` of its CPUs). ``output``: a path every node shares, or an
+    fsspec URL. Call it once, from the driver."""
     check_run_options(batch_size, part_rows, part_seconds)
     if actors is not None:
         require_int("actors", actors, 1)
     require_int("cpus_per_actor", cpus_per_actor, 1)
-    if "://" in str(output):
-        raise ValueError(f"output {output}: --engine ray writes to a path (of a filesystem every node shares), "
-                         "not a URL; give a path")
     connect()
-    run = _RayRun(source, scorer, Path(output), source_name, batch_size, part_rows, part_seconds, progress)
+    run = _RayRun(source, scorer, output, source_name, batch_size, part_rows, part_seconds, progress)
     run.actors, run.cpus_per_actor = actors, cpus_per_actor
     return execute(run, fresh, overwrite)
 
@@ -84,41 +85,38 @@ class _RayRun(_Run):
     rows_by_actor: dict[str, int]
 
     def _score_my_blocks(self) -> int:
-        """Send each missing range to the actor pool; returns the input's row count."""
+        """Send each missing range to the actors as they have room for it; returns the input's row count."""
         import ray
         from tqdm.auto import tqdm
 
         done = [(a, b) for a, b, _ in self._parts()]
-        ranges = []
-        for block_start, block_end, read in self._my_blocks():  # one process: every block
-            todo = _missing(done, block_start, block_end)
-            rows = read() if todo else {}
-            for a, b in todo:
-                part = {k: v[a - block_start: b - block_start] for k, v in rows.items()}
-                ranges.append({"start": a, "end": b, "rows": pickle.dumps(part, protocol=pickle.HIGHEST_PROTOCOL)})
-        total = self.stream_rows if self.streaming else len(self.source)
+        bounds = None if self.streaming else self._block_bounds(len(self.source))
         self.rows_by_actor = {}
-        if not ranges:
-            return total
         gpus = int(ray.cluster_resources().get("GPU", 0))
         cpus = int(ray.cluster_resources().get("CPU", 1))
-        size = self.actors or (gpus if gpus else max(1, cpus // self.cpus_per_actor))
-        resources = {"num_gpus": 1} if gpus else {"num_cpus": self.cpus_per_actor}
-        # A block per range, so that every actor gets ranges to score.
-        scored = ray.data.from_items(ranges, override_num_blocks=len(ranges)).map_batches(
-            PartScorer, batch_size=1,
-            # One range at a time per actor: a range is long work, and queued ranges would wait on a busy actor.
-            compute=ray.data.ActorPoolStrategy(size=min(size, len(ranges)), max_tasks_in_flight_per_actor=1),
-            fn_constructor_kwargs={"scorer": self.scorer, "work": str(self.work), "features": self._features(),
-                                   "batch_size": self.batch_size, "part_seconds": self.part_seconds},
-            **resources)
-        with tqdm(total=sum(r["end"] - r["start"] for r in ranges), unit="rows", desc="scoring on Ray",
-                  dynamic_ncols=True, disable=not self.progress) as bar:
-            for result in scored.iter_rows():
-                self.rows_by_actor[result["actor"]] = self.rows_by_actor.get(result["actor"], 0) + result["rows"]
-                bar.update(result["rows"])
-        self.actors = size
-        return total
+        pool = _Actors(ray, self.actors or (gpus if gpus else max(1, cpus // self.cpus_per_actor)),
+                       {"num_gpus": 1} if gpus else {"num_cpus": self.cpus_per_actor},
+                       {"scorer": self.scorer, "work": self.work.where, "features": self._features(),
+                        "batch_size": self.batch_size, "part_seconds": self.part_seconds})
+        with tqdm(total=None if bounds is None else sum(e - s for s, e in bounds),
+                  initial=0 if bounds is None else sum(_overlap(done, s, e) for s, e in bounds),
+                  unit="rows", desc="scoring on Ray", dynamic_ncols=True, disable=not self.progress) as bar:
+            def scored(actor: str, rows: int) -> None:
+                self.rows_by_actor[actor] = self.rows_by_actor.get(actor, 0) + rows
+                bar.update(rows)
+
+            try:
+                for block_start, block_end, read in self._my_blocks():  # one process: every block
+                    todo = _missing(done, block_start, block_end)
+                    rows = read() if todo else {}
+                    for a, b in todo:
+                        pool.send(a, b, {k: v[a - block_start: b - block_start] for k, v in rows.items()}, scored)
+                pool.wait_all(scored)
+            finally:
+                pool.close()
+        if pool.started:
+            self.actors = pool.started
+        return self.stream_rows if self.streaming else len(self.source)
 
     def _rows_per_process(self) -> list[int]:
         """Rows scored by each actor (by the one that finished a range, when an actor died and was retried)."""
@@ -126,27 +124,66 @@ class _RayRun(_Run):
         return counts + [0] * ((self.actors or 1) - len(counts))
 
 
+class _Actors:
+    """Up to ``size`` :class:`PartScorer` actors, started as ranges come (a short input starts fewer), each sent at
+    most :data:`RANGES_PER_ACTOR` ranges ahead: :meth:`send` waits for a range to finish when all are busy, so
+    the driver never holds more ranges than that. Ray restarts an actor that dies and retries its ranges
+    (``max_restarts``, ``max_task_retries``)."""
+
+    def __init__(self, ray, size: int, resources: dict, kwargs: dict):
+        self.ray, self.size, self.kwargs = ray, size, kwargs
+        self.actor_class = ray.remote(PartScorer).options(max_restarts=-1, max_task_retries=-1, **resources)
+        self.actors, self.load, self.in_flight = [], [], {}  # in_flight: a range's result -> its actor's index
+
+    @property
+    def started(self) -> int:
+        return len(self.actors)
+
+    def send(self, start: int, end: int, rows: dict[str, list], on_scored) -> None:
+        """Send rows ``start:end`` to the least busy actor, once one has room (starting one when all are busy)."""
+        while True:
+            if len(self.actors) < self.size and all(self.load):
+                self.actors.append(self.actor_class.remote(**self.kwargs))
+                self.load.append(0)
+            index = min(range(len(self.actors)), key=self.load.__getitem__)
+            if self.load[index] < RANGES_PER_ACTOR:
+                break
+            self._wait_one(on_scored)
+        self.in_flight[self.actors[index].score.remote(start, end, rows)] = index
+        self.load[index] += 1
+
+    def wait_all(self, on_scored) -> None:
+        while self.in_flight:
+            self._wait_one(on_scored)
+
+    def _wait_one(self, on_scored) -> None:
+        (ready,), _ = self.ray.wait(list(self.in_flight), num_returns=1)
+        self.load[self.in_flight.pop(ready)] -= 1
+        on_scored(*self.ray.get(ready))
+
+    def close(self) -> None:
+        """End the actors (after a failure or Ctrl-C too): they hold a device each."""
+        for actor in self.actors:
+            self.ray.kill(actor)
+
+
 class PartScorer:
-    """A Ray Data actor of a run: scores each row range it is given into part files of the work directory.
+    """A Ray actor of a run: scores each row range it is given into part files of the work directory (a path or
+    a URL).
 
     A range's parts already there (written before an actor died, or by an earlier driver) are kept: only the
     rest of the range is scored."""
 
-    def __init__(self, scorer, work: str, features, batch_size: int, part_seconds: float):
+    def __init__(self, scorer, work: str | Path, features, batch_size: int, part_seconds: float):
         import ray
 
-        self.writer = PartWriter(scorer, Path(work), features, batch_size, part_seconds)
+        self.writer = PartWriter(scorer, work, features, batch_size, part_seconds)
         self.actor = ray.get_runtime_context().get_actor_id()
         scorer.engine()  # the model loads once per actor, on the device Ray gave it
 
-    def __call__(self, batch: dict) -> dict[str, list]:
-        out = {"actor": [], "rows": []}
-        for start, end, blob in zip(batch["start"], batch["end"], batch["rows"]):
-            start, end = int(start), int(end)
-            rows = pickle.loads(blob)
-            done = [(a, b) for a, b, _ in list_parts(self.writer.work) if a < end and b > start]
-            for a, b in _missing(done, start, end):
-                self.writer.score_range(rows, start, a, b)
-            out["actor"].append(self.actor)
-            out["rows"].append(end - start)
-        return out
+    def score(self, start: int, end: int, rows: dict[str, list]) -> tuple[str, int]:
+        """Score rows ``start:end`` (``rows``, as columns) but those already in parts; ``(this actor, end - start)``."""
+        done = [(a, b) for a, b, _ in list_parts(self.writer.work) if a < end and b > start]
+        for a, b in _missing(done, start, end):
+            self.writer.score_range(rows, start, a, b)
+        return self.actor, end - start

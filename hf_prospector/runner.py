@@ -28,6 +28,10 @@ and modification time): an existing dataset or ``.parquet`` file from elsewhere 
 A streamed input (an ``IterableDataset``) is read block by block, so it never has to fit in memory;
 every process reads the stream and scores its own blocks.
 
+The output may be any fsspec URL (``s3://bucket/scored.parquet``, ``gs://...``, ``file:///...``): the parts, the
+manifest and the output are then written and read through fsspec (see :mod:`hf_prospector.storage`), and the
+gather downloads the parts to a local temporary folder first.
+
 Every output row has a ``row_id``: the input's own column when it has one (it must be unique), else the
 row's position in the input. Shards, resumed runs and reports match rows by it.
 """
@@ -39,6 +43,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 import time
 import warnings
 from collections import Counter
@@ -55,7 +60,8 @@ from datasets import Dataset, Features, IterableDataset, Value, concatenate_data
 from .diagnostics import template_fit
 from .formats import row_count
 from .sources import load_rows, save_rows
-from .utils import ROW_ID, atomic_write, float_column, numeric_kind, require_int, require_unique_row_ids
+from .storage import Place, is_url, secrets_hidden
+from .utils import ROW_ID, float_column, numeric_kind, require_int, require_unique_row_ids
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 2  # 2: the input is identified by the hashes of its rows in each part, not a fingerprint
@@ -123,16 +129,18 @@ class RunSummary:
         return asdict(self)
 
 
-def work_dir(output: str | Path) -> Path:
-    """Where a run keeps its parts and manifest: ``<output>.parts`` beside the output."""
-    return Path(str(output).rstrip("/\\") + ".parts")
+def work_dir(output: str | Path) -> Path | str:
+    """Where a run keeps its parts and manifest: ``<output>.parts`` beside the output (a URL beside a URL)."""
+    where = str(output).rstrip("/\\") + ".parts"
+    return where if is_url(where) else Path(where)
 
 
 def score_run(source: Dataset | IterableDataset, scorer, output: str | Path, *, source_name: str,
               batch_size: int = DEFAULT_BATCH_SIZE, part_rows: int = DEFAULT_PART_ROWS,
               part_seconds: float = DEFAULT_PART_SECONDS, fresh: bool = False, overwrite: bool = False,
               progress: bool = True) -> tuple[Dataset | None, RunSummary | None]:
-    """Score ``source`` with ``scorer`` into ``output`` (a saved-dataset folder, or a ``.parquet`` file).
+    """Score ``source`` with ``scorer`` into ``output`` (a saved-dataset folder, or a ``.parquet`` file; a path or
+    an fsspec URL).
 
     ``source_name`` names the input in the manifest. ``fresh=True`` discards earlier parts;
     ``overwrite=True`` lets the run replace an output that it did not write. Returns the scored dataset and a
@@ -140,7 +148,7 @@ def score_run(source: Dataset | IterableDataset, scorer, output: str | Path, *, 
     ``torchrun``/``accelerate`` launch. Ctrl-C raises :class:`RunInterrupted` once the scored rows are saved.
     """
     check_run_options(batch_size, part_rows, part_seconds)
-    return execute(_Run(source, scorer, Path(output), source_name, batch_size, part_rows, part_seconds, progress),
+    return execute(_Run(source, scorer, output, source_name, batch_size, part_rows, part_seconds, progress),
                    fresh, overwrite)
 
 
@@ -152,8 +160,9 @@ def check_run_options(batch_size: int, part_rows: int, part_seconds: float) -> N
 
 
 def execute(run: _Run, fresh: bool, overwrite: bool) -> tuple[Dataset | None, RunSummary | None]:
-    """Carry out ``run`` (:func:`score_run`'s, or a Ray run's); Ctrl-C becomes :class:`RunInterrupted`."""
-    with _datasets_progress_bars_off():  # one bar for the whole run, not one per part file
+    """Carry out ``run`` (:func:`score_run`'s, or a Ray run's); Ctrl-C becomes :class:`RunInterrupted`. No error
+    shows the output URL's credentials."""
+    with _datasets_progress_bars_off(), secrets_hidden(run.output.where):  # one bar for the run, not one per part
         try:
             return run.run(fresh, overwrite)
         except RunInterrupted:
@@ -200,14 +209,14 @@ def plan(manifest: dict | None, identity: dict, has_parts: bool, output_exists: 
 
 
 class _Run:
-    def __init__(self, source, scorer, output: Path, source_name: str, batch_size: int, part_rows: int,
+    def __init__(self, source, scorer, output: str | Path, source_name: str, batch_size: int, part_rows: int,
                  part_seconds: float, progress: bool):
         import torch
 
         self.state = process_state()
-        self.source, self.scorer, self.output = source, scorer, output
+        self.source, self.scorer, self.output = source, scorer, Place(output)
         self.source_name = source_name
-        self.work = work_dir(output)
+        self.work = Place(work_dir(output))
         self.streaming = isinstance(source, IterableDataset)
         self.batch_size, self.part_rows, self.part_seconds = batch_size, part_rows, part_seconds
         self.progress = progress
@@ -234,9 +243,9 @@ class _Run:
     def _write_manifest(self, **extra) -> None:
         text = json.dumps({"format": MANIFEST_FORMAT, "identity": self.identity, "source": self.source_name, **extra},
                           indent=2, sort_keys=True)
-        atomic_write(self.work / MANIFEST, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        (self.work / MANIFEST).write(lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
-    def _parts(self) -> list[tuple[int, int, Path]]:
+    def _parts(self) -> list[tuple[int, int, Place]]:
         return list_parts(self.work)
 
     # -- the run -------------------------------------------------------------------------------------
@@ -264,8 +273,8 @@ class _Run:
         if action == "done" and not self._same_input(manifest):
             action = "new"  # the input changed since the finished run: its output is stale
         if action == "new":
-            shutil.rmtree(self.work, ignore_errors=True)
-            self.work.mkdir(parents=True)
+            self.work.remove()
+            self.work.mkdir()
             # The output an earlier run wrote stays ours (a new run may replace it) until it is replaced.
             self._write_manifest(complete=False, processes=self.world, output=manifest.get("output") if ours else None)
         elif action == "resume":
@@ -293,9 +302,9 @@ class _Run:
             problem = _part_problem(path, a, b, current, positional)
             if problem == _INPUT_CHANGED:
                 changed.append((a, b, path))
-                os.replace(path, path.with_name(path.name + ".stale"))
+                path.rename(path.name + ".stale")
             elif problem:
-                os.replace(path, path.with_name(path.name + ".corrupt"))
+                path.rename(path.name + ".corrupt")
                 self.corrupt_parts.append(path.name)
                 corrupt.append(f"{path} is corrupt ({problem}): set aside as {path.name}.corrupt; its rows "
                                f"{a}..{b} are scored again")
@@ -445,28 +454,35 @@ class _Run:
             raise RuntimeError(f"the parts in {self.work} do not cover rows 0..{total} exactly once "
                                f"(missing: {gaps[:5]}, overlapping: {overlaps[:5]}); re-run the same command "
                                "to score the missing rows")
-        blocks = [[a, b, _recorded_hash(pq.read_schema(path))] for a, b, path in parts]
-        cache = self.work / "cache"
+        # Local parts are read in place, with the datasets cache beside them. A URL's are downloaded to a local
+        # folder first, which also holds the cache and the output as written, loaded from there once uploaded.
+        local = None if not self.output.url else _local_folder()
+        cache = self.work.where / "cache" if local is None else local / "cache"
+        files = [part.local_copy(None if local is None else local / "parts") for _, _, part in parts]
+        blocks = [[a, b, _recorded_hash(pq.read_schema(str(file)))] for (a, b, _), file in zip(parts, files)]
         if parts:
-            ds = Dataset.from_parquet([str(p) for _, _, p in parts], features=_merged_features(parts),
+            ds = Dataset.from_parquet([str(file) for file in files], features=_merged_features(files),
                                       cache_dir=str(cache))
         else:  # 0 rows in, 0 rows out, with every column typed (the next step finds its score columns)
             features = Features({**(self._features() or {ROW_ID: Value("int64")}), **self.scorer.features})
             ds = Dataset.from_dict({name: [] for name in features}, features=features)
         self._check_row_ids(ds, total)
         # Written beside the output, then moved: a crash never leaves a half-written output.
-        atomic_write(self.output, lambda tmp, rows=ds: save_rows(rows, tmp, parquet=self.output.suffix == ".parquet"),
-                     clear=True)
+        staged = None if local is None else local / self.output.name
+        self.output.write(lambda tmp, rows=ds: save_rows(rows, tmp, parquet=self.output.suffix == ".parquet"),
+                          clear=True, staged=staged)
         del ds
-        for _, _, path in parts:
-            path.unlink()
-        for path in self.work.glob("part-*.parquet.stale"):  # superseded by the rows just gathered
-            path.unlink()
+        for _, _, part in parts:
+            part.remove()
+        for part in self.work.glob("part-*.parquet.stale"):  # superseded by the rows just gathered
+            part.remove()
         shutil.rmtree(cache, ignore_errors=True)
+        if local is not None:
+            shutil.rmtree(local / "parts", ignore_errors=True)
         self._write_manifest(complete=True, processes=self.world, rows=total, blocks=blocks,
                              fingerprint=None if self.streaming else self.source._fingerprint,
                              output=self._output_signature())
-        return self._load_output()
+        return self._load_output(staged)
 
     def _check_row_ids(self, ds: Dataset, total: int) -> None:
         """The gathered rows are the input's rows, in the input's order."""
@@ -485,14 +501,12 @@ class _Run:
                                "and run again")
 
     # -- the output ----------------------------------------------------------------------------------
-    def _output_signature(self) -> list[int] | None:
-        """What identifies the output this library wrote: the size and modification time (ns) of the
-        ``.parquet`` file, or of a saved dataset's ``state.json``; None when there is no output."""
+    def _output_signature(self) -> list | None:
+        """What identifies the output this library wrote: the :meth:`~hf_prospector.storage.Place.signature` (size
+        and modification time) of the ``.parquet`` file, or of a saved dataset's ``state.json``; None when there is
+        no output."""
         path = self.output / "state.json" if self.output.is_dir() else self.output
-        if not path.is_file():
-            return None
-        stat = path.stat()
-        return [stat.st_size, stat.st_mtime_ns]
+        return path.signature()
 
     def _output_is_ours(self, manifest: dict | None) -> bool:
         """Whether the output exists and is the one a run in this work directory wrote."""
@@ -513,8 +527,11 @@ class _Run:
             raise FileExistsError(f"the output {out} already holds {_describe_output(out)}, not written by a run "
                                   "here; pass --overwrite (overwrite=True) to replace it, or choose another output")
 
-    def _load_output(self) -> Dataset:
-        return load_rows(str(self.output))
+    def _load_output(self, local: Path | None = None) -> Dataset:
+        """The output as written, from ``local`` (its local copy) when given; a URL's is downloaded first."""
+        if local is None and self.output.url:
+            local = self.output.local_copy(_local_folder())
+        return load_rows(str(local or self.output.where))
 
 
 class PartWriter:
@@ -522,9 +539,9 @@ class PartWriter:
     Ray run (:mod:`hf_prospector.ray_runner`), so both write the same parts. ``features``: those of the input
     rows kept (``row_id`` first), None to infer them."""
 
-    def __init__(self, scorer, work: Path, features: Features | None, batch_size: int, part_seconds: float,
-                 device_rank: int | None = None):
-        self.scorer, self.work, self.features = scorer, Path(work), features
+    def __init__(self, scorer, work: str | Path | Place, features: Features | None, batch_size: int,
+                 part_seconds: float, device_rank: int | None = None):
+        self.scorer, self.work, self.features = scorer, Place(work), features
         self.batch_size, self.part_seconds, self.device_rank = batch_size, part_seconds, device_rank
 
     def score_range(self, rows: dict[str, list], block_start: int, a: int, b: int,
@@ -561,13 +578,13 @@ class PartWriter:
         schema = part.features.arrow_schema
         metadata = {**(schema.metadata or {}), PART_METADATA: json.dumps({"input_rows": _rows_hash(input_rows)})}
         table = part.data.table.cast(schema).replace_schema_metadata(metadata)
-        atomic_write(self.work / f"part-{start:012d}-{end:012d}.parquet", lambda tmp: pq.write_table(table, str(tmp)))
+        (self.work / f"part-{start:012d}-{end:012d}.parquet").write(lambda tmp: pq.write_table(table, str(tmp)))
 
 
-def list_parts(work: Path) -> list[tuple[int, int, Path]]:
-    """``(first row, end row, path)`` of each part file in the work directory ``work``, in row order."""
-    found = [(int(m[1]), int(m[2]), p) for p in Path(work).glob("part-*.parquet") if (m := _PART_NAME.match(p.name))]
-    return sorted(found)
+def list_parts(work: str | Path | Place) -> list[tuple[int, int, Place]]:
+    """``(first row, end row, place)`` of each part file in the work directory ``work``, in row order."""
+    found = [(int(m[1]), int(m[2]), p) for p in Place(work).glob("part-*.parquet") if (m := _PART_NAME.match(p.name))]
+    return sorted(found, key=lambda part: part[:2])
 
 
 # -- helpers -------------------------------------------------------------------------------------------
@@ -588,13 +605,14 @@ def nan_summary(ds: Dataset, columns: tuple[str, ...]) -> tuple[int, dict[str, i
 _INPUT_CHANGED = "input changed"
 
 
-def _part_problem(path: Path, a: int, b: int, current: dict[str, list] | None, positional: bool) -> str | None:
+def _part_problem(path: Place, a: int, b: int, current: dict[str, list] | None, positional: bool) -> str | None:
     """Why the part ``path`` (rows ``a:b``) cannot be kept: what makes it corrupt (unreadable, or its rows
     are not those its name says), else ``_INPUT_CHANGED`` when the input's rows ``a:b`` (``current``, None past
     the input's end) no longer hash as the part records, else None. ``positional``: ``row_id`` is the row's
     position, so the name alone says what it must be; an input's own ``row_id`` may have changed with it."""
     try:  # read whole: a truncated or damaged file fails here, whatever the error pyarrow finds
-        table = pq.read_table(path)
+        with path.reading() as source:
+            table = pq.read_table(source)
         recorded = _recorded_hash(table.schema)
         ids = table.column(ROW_ID).to_pylist()
     except Exception as err:  # noqa: BLE001 -- any failure to read it makes the part corrupt
@@ -632,13 +650,18 @@ def _recorded_hash(schema) -> str | None:
     return json.loads((schema.metadata or {}).get(PART_METADATA, b"{}")).get("input_rows")
 
 
-def _describe_output(path: Path) -> str:
-    """What an existing output holds, for an error message."""
+def _describe_output(path: Place) -> str:
+    """What an existing output holds, for an error message (a URL's saved dataset is not downloaded for it: its
+    columns are those its ``dataset_info.json`` names)."""
     try:
+        if path.is_dir() and path.url:
+            columns = json.loads((path / "dataset_info.json").read_text())["features"]
+            return f"a saved dataset (columns: {', '.join(columns)})"
         if path.is_dir():
-            ds = load_from_disk(str(path))
+            ds = load_from_disk(str(path.where))
             return f"a saved dataset of {len(ds):,} rows (columns: {', '.join(ds.column_names)})"
-        return f"a .parquet file of {pq.read_metadata(path).num_rows:,} rows"
+        with path.reading() as source:
+            return f"a .parquet file of {pq.read_metadata(source).num_rows:,} rows"
     except Exception:  # noqa: BLE001 -- unreadable: say what it looks like
         return "a saved dataset" if path.is_dir() else "a .parquet file"
 
@@ -661,14 +684,23 @@ def _overlap(done: list[tuple[int, int]], start: int, end: int) -> int:
     return (end - start) - sum(b - a for a, b in _missing(done, start, end))
 
 
-def _merged_features(parts: list[tuple[int, int, Path]]) -> Features:
-    """The parts' features, a column's type taken from the first part where it is not all-null."""
+def _merged_features(files: list[Path]) -> Features:
+    """The features of the part files ``files``, a column's type taken from the first part where it is not
+    all-null."""
     merged: dict[str, Any] = {}
-    for _, _, path in parts:
-        for name, feature in Features.from_arrow_schema(pq.read_schema(path)).items():
+    for path in files:
+        for name, feature in Features.from_arrow_schema(pq.read_schema(str(path))).items():
             if name not in merged or merged[name] == Value("null"):
                 merged[name] = feature
     return Features(merged)
+
+
+def _local_folder() -> Path:
+    """A new local folder for the files of a URL output (its downloaded parts, the datasets cache, the output as
+    loaded), inside the one datasets removes when the process ends: the loaded output maps its files from here."""
+    from datasets.fingerprint import get_temporary_cache_files_directory
+
+    return Path(tempfile.mkdtemp(prefix="hf_prospector-", dir=get_temporary_cache_files_directory()))
 
 
 def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:

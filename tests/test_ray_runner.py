@@ -18,6 +18,7 @@ from hf_prospector.recipes import RecipeError, parse_recipe
 from hf_prospector.runner import score_run, work_dir
 from hf_prospector.scorers import GoldScorer, IFDScorer
 from hf_prospector.sources import load_rows
+from tests.runner import fakeremote
 from tests.runner.counting import CountingScorer, counted_rows
 from tests.runner.processes import kill_once_parts_saved
 from tests.ray_job import MAX_LENGTH, PART_ROWS
@@ -29,11 +30,24 @@ TASKS = {"instruction": ["Name the capital of France.", "Say hello."], "input": 
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    """One local cluster for the module; its workers import this checkout (and the tests' scorers)."""
+def remote_root(tmp_path_factory):
+    """The root of ``fakeremote://`` URLs (tests.runner.fakeremote), known here and to the cluster's workers."""
+    root = tmp_path_factory.mktemp("remote")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(fakeremote.ROOT, str(root))
+        fakeremote.register()
+        yield root
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(remote_root):
+    """One local cluster for the module; its workers import this checkout (and the tests' scorers), and know the
+    ``fakeremote://`` protocol."""
     ray = pytest.importorskip("ray")
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
+    ray.init(num_cpus=2, include_dashboard=False,
+             runtime_env={"env_vars": {"PYTHONPATH": path, fakeremote.ROOT: str(remote_root)},
+                          "worker_process_setup_hook": "tests.runner.fakeremote.register"})
     yield ray
     ray.shutdown()
 
@@ -111,10 +125,7 @@ def test_map_batches_equals_dataset_map_in_numpy_and_arrow_formats(ray_cluster, 
 
 
 @pytest.mark.slow
-def test_engine_ray_on_two_actors_equals_one_process(ray_cluster, tiny_model_dir, rows_file, tmp_path, capsys,
-                                                     monkeypatch):
-    # Both actors up before the first range is sent, so that both score some (Ray does not wait by default).
-    monkeypatch.setattr(ray_cluster.data.DataContext.get_current(), "wait_for_min_actors_s", 120)
+def test_engine_ray_on_two_actors_equals_one_process(ray_cluster, tiny_model_dir, rows_file, tmp_path, capsys):
     options = ["score", str(rows_file), "--model", str(tiny_model_dir), "--dtype", "float32",
                "--max-length", str(MAX_LENGTH), "--part-rows", "3", "--batch-size", "2", "--show", "0"]
     assert main([*options, "--output", str(tmp_path / "one.parquet")]) == 0
@@ -173,3 +184,57 @@ def test_driver_killed_then_rerun_does_not_rescore_finished_rows(ray_cluster, ti
     assert sorted(counted_rows(tmp_path / "count2")) == sorted(set(range(N_ROWS)) - saved)
     assert f"{N_ROWS - len(saved)} scored now, {len(saved)} by an earlier run" in again.stdout
     assert load_rows(str(output))["row_id"] == list(range(N_ROWS))
+
+
+@pytest.mark.slow
+def test_engine_ray_writes_to_a_url_what_one_process_writes(ray_cluster, remote_root, tiny_model_dir, tmp_path,
+                                                            capsys, monkeypatch):
+    from hf_prospector.ray_runner import score_run_ray
+
+    monkeypatch.chdir(tmp_path)  # a Path() of a URL would land here, as ./fakeremote:/...
+    data = tmp_path / "rows.jsonl"  # the input's own row ids, which the output must keep in the input's order
+    load_rows("demo").select(range(N_ROWS)).add_column("row_id", [f"r{i:02d}" for i in reversed(range(N_ROWS))]
+                                                      ).to_json(str(data))
+    kwargs = {"dtype": "float32", "max_length": MAX_LENGTH}
+    one, _ = score_run(load_rows(str(data)), IFDScorer(str(tiny_model_dir), **kwargs), tmp_path / "one.parquet",
+                       source_name="rows", part_rows=PART_ROWS, progress=False)
+    assert one["row_id"] == [f"r{i:02d}" for i in reversed(range(N_ROWS))]
+
+    out, summary = score_run_ray(load_rows(str(data)), IFDScorer(str(tiny_model_dir), **kwargs),
+                                 "fakeremote://bucket/ray.parquet", source_name="rows", part_rows=PART_ROWS,
+                                 actors=2, progress=False)
+    same_rows(one, out)
+    same_rows(one, load_rows(str(remote_root / "bucket" / "ray.parquet")))  # what the store holds
+    assert (summary.rows_scored, summary.output) == (N_ROWS, "fakeremote://bucket/ray.parquet")
+
+    assert main(["score", str(data), "--model", str(tiny_model_dir), "--dtype", "float32", "--max-length",
+                 str(MAX_LENGTH), "--part-rows", str(PART_ROWS), "--show", "0", "--engine", "ray", "--actors", "2",
+                 "--output", "fakeremote://bucket/cli"]) == 0
+    assert "output: fakeremote://bucket/cli" in capsys.readouterr().out
+    same_rows(one, datasets.load_from_disk(str(remote_root / "bucket" / "cli")))
+    assert not list(work_dir(remote_root / "bucket" / "cli").glob("part-*"))  # gathered, then removed
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("fakeremote")] == []
+
+
+@pytest.mark.slow
+def test_the_driver_holds_a_few_ranges_per_actor_not_the_whole_input(ray_cluster, tiny_model_dir, rows_file, tmp_path,
+                                                                    monkeypatch):
+    from hf_prospector.ray_runner import RANGES_PER_ACTOR, _RayRun, score_run_ray
+
+    # Each time the driver reads a range's rows: how many ranges it has read that no actor has finished scoring
+    # (the scorer writes a range's row to the count file before the driver hears it is done).
+    held = []
+    prepared = _RayRun._prepared
+
+    def counted(self, rows, start):
+        held.append(len(held) + 1 - len(counted_rows(tmp_path / "count")))
+        return prepared(self, rows, start)
+
+    monkeypatch.setattr(_RayRun, "_prepared", counted)
+    scorer = CountingScorer(str(tiny_model_dir), dtype="float32", max_length=MAX_LENGTH,
+                            count_file=str(tmp_path / "count"))
+    out, summary = score_run_ray(load_rows(str(rows_file)), scorer, tmp_path / "ray.parquet", source_name="rows",
+                                 batch_size=1, part_rows=1, actors=2, progress=False)  # 12 ranges of a row
+    assert len(held) == N_ROWS and sorted(counted_rows(tmp_path / "count")) == list(range(N_ROWS))
+    assert max(held) <= 2 * RANGES_PER_ACTOR + 1, held  # those sent to the actors, and the one waiting for room
+    assert out["row_id"] == list(range(N_ROWS)) and summary.rows_scored == N_ROWS
