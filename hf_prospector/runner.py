@@ -369,6 +369,8 @@ class _Run:
                    initial=0 if bounds is None else sum(_overlap(done, s, e) for s, e in bounds),
                    unit="rows", desc="scoring", dynamic_ncols=True,
                    disable=not (self.progress and self.state.is_main_process))
+        if bounds is not None:  # compile="auto" weighs the compile against the rows this process has left
+            self.scorer.expect_rows(bar.total - bar.n)
         try:
             for block_start, block_end, read in self._my_blocks():
                 todo = _missing(done, block_start, block_end)
@@ -378,6 +380,7 @@ class _Run:
                         self._score_range(rows, block_start, a, b, bar)
         finally:
             bar.close()
+            self.scorer.expect_rows(None)
         return self.stream_rows if self.streaming else len(self.source)
 
     def _block_bounds(self, n: int) -> list[tuple[int, int]]:

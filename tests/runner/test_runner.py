@@ -74,6 +74,21 @@ def test_resume_after_a_crash_scores_only_the_missing_rows(rows, reference, tiny
     assert_same_rows(datasets.Dataset.from_parquet(str(out_path)), reference, list(range(N_ROWS)))
 
 
+def test_compile_auto_hears_the_rows_this_run_has_left(rows, tiny_model_dir, tmp_path, monkeypatch):
+    """The runner knows how many rows are left (a resumed run: fewer), so compile="auto" can weigh the compile."""
+    from hf_prospector.engine.compilation import DeferredCompiler
+
+    told = []
+    monkeypatch.setattr(DeferredCompiler, "expect", lambda self, scored, left: told.append((scored, left)))
+    with pytest.raises(ScorerFailed):
+        run(rows, scorer(tiny_model_dir, fail_after=4), tmp_path / "out")  # rows 0-2 saved
+    assert told == [(1, 9), (1, 8), (1, 7), (1, 6)]
+    told.clear()
+    second = scorer(tiny_model_dir)
+    run(rows, second, tmp_path / "out")
+    assert told == [(1, left) for left in range(6, -1, -1)] and second._rows_left is None
+
+
 @pytest.mark.slow
 def test_time_based_parts_save_progress_inside_a_block(rows, tiny_model_dir, tmp_path):
     with pytest.raises(ScorerFailed):  # part_seconds=0: a part after every batch, though a block has 100 rows
