@@ -18,6 +18,7 @@ excluded); the weights' size.
 
     python bench/bench_ifd.py                          # 1,000 rows, 3 rounds
     python bench/bench_ifd.py --rows 16 --rounds 1     # a smoke run
+    python bench/bench_ifd.py --rows 400 --rounds 1 --dtype float32   # the float32 path on an AMX machine
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the median is reported")
     parser.add_argument("--batch-size", type=int, default=1000, help="ds.map batch size (datasets' default)")
     parser.add_argument("--data", default="alpaca_52k.json", help="a json file in ../shared/data")
+    parser.add_argument("--dtype", default="auto", help="the candidate's dtype (float32: a CPU without native bf16)")
     args = parser.parse_args()
 
     from hf_prospector.models import load_causal_lm
@@ -72,7 +74,7 @@ def main() -> None:
     rows = ds.to_list()
 
     ref_model, tokenizer = load_causal_lm(None)  # float32 weights for the loop
-    candidate = IFDScorer()
+    candidate = IFDScorer(dtype=args.dtype)
     engine = candidate.engine()
     counters = {"reference": harness.FlopCounter(ref_model), "candidate": harness.FlopCounter(engine.model)}
     # One-time set-up (thread pools, kernel selection) is not what either side is measured on.
@@ -91,7 +93,8 @@ def main() -> None:
     }, args.rounds)
 
     labels = {"reference": "Superfiltering loop (float32, 1 row per pass, full logits)",
-              "candidate": f"IFDScorer() defaults ({candidate.convention}, {harness.dtype_name(engine.dtype)}"
+              "candidate": f"IFDScorer({'' if args.dtype == 'auto' else f'dtype={args.dtype!r}'}) defaults "
+                           f"({candidate.convention}, {harness.dtype_name(engine.dtype)}"
                            f"{', compiled' if engine.compiled else ''})"}
     weights = {"reference": weights_mb(ref_model), "candidate": weights_mb(engine.model)}
     speed, results = [], {}
