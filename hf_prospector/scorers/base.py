@@ -120,13 +120,15 @@ class Scorer:
             if torch.device(device).type == "cuda" and torch.cuda._is_in_bad_fork():
                 raise RuntimeError(FORKED_CUDA)
             if rank is not None and device == "cpu":
-                # A forked `num_proc` worker inherits OpenMP's thread-pool state from its parent, and a
-                # parallel region there can hang: one thread per worker is safe (use num_proc = cores). The
-                # compiler bakes its thread count into its kernels, so it is told too (torch 2.7 kept the parent's).
+                # A forked `num_proc` worker inherits OpenMP's thread pool and the compiler's pool of compile
+                # workers from its parent, and waiting on either there can hang (torch 2.7): one thread per worker
+                # (use num_proc = cores), told to the compiler too (it bakes the count into its kernels), and
+                # compiles in the worker itself.
                 from torch._inductor import config as inductor_config
 
                 torch.set_num_threads(1)
                 inductor_config.cpp.threads = 1
+                inductor_config.compile_threads = 1
             model, tokenizer = load_causal_lm(self.model, self.revision)
             self._engines[device] = Engine(model, tokenizer, device, self.dtype, self.token_budget, self.compile)
         return self._engines[device]

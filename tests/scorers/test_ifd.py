@@ -174,15 +174,17 @@ def test_with_rank_num_proc_equals_single_process(tiny_model_dir, alpaca, compil
 
 
 def test_a_cpu_worker_runs_one_thread_and_compiles_for_one(tiny_model_dir, monkeypatch):
-    """A forked worker's OpenMP pool is the parent's: a kernel compiled for the parent's thread count hangs there
-    (torch 2.7 baked it in), so a rank's engine sets one thread for eager and compiled code alike."""
+    """A forked worker's OpenMP pool and compile-worker pool are the parent's: on torch 2.7 a kernel compiled for the
+    parent's thread count, or a compile sent to the parent's pool, hangs there. A rank's engine runs one thread,
+    for eager and compiled code alike, and compiles in-process."""
     from torch._inductor import config as inductor_config
 
     monkeypatch.setattr(inductor_config.cpp, "threads", -1)  # inductor's default: torch's thread count
+    monkeypatch.setattr(inductor_config, "compile_threads", 2)  # a pool of compile workers, forked with the parent
     threads = torch.get_num_threads()
     try:
         IFDScorer(str(tiny_model_dir)).engine(rank=0)
-        assert (torch.get_num_threads(), inductor_config.cpp.threads) == (1, 1)
+        assert (torch.get_num_threads(), inductor_config.cpp.threads, inductor_config.compile_threads) == (1, 1, 1)
     finally:
         torch.set_num_threads(threads)
 
