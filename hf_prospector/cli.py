@@ -147,12 +147,19 @@ def _select_rule(args):
     from .selection import SelectionRule, length_matched_random, longest, random_rows
 
     size = args.top_n if args.top_n is not None else args.top_fraction
+    if args.tokenizer is not None and args.by != "tokens":
+        raise ValueError("--tokenizer counts lengths for --by tokens only")
+    tokenizer = None
+    if args.by == "tokens":
+        from .models import load_causal_lm
+
+        tokenizer = load_causal_lm(args.tokenizer)[1]
     if args.rule == "length-matched":
         if args.reference is None or size is not None or args.threshold is not None:
             raise ValueError("--rule length-matched draws as many rows as --reference (a selection's rows) holds: "
                              "give --reference PATH and no --top-fraction, --top-n or --threshold")
         return length_matched_random(load_rows(args.reference, what="reference selection"), seed=args.seed,
-                                     bins=args.bins, by=args.by)
+                                     bins=args.bins, by=args.by, tokenizer=tokenizer)
     if args.reference is not None:
         raise ValueError(f"--reference applies to --rule length-matched only, not --rule {args.rule}")
     if args.rule == "score":
@@ -164,7 +171,9 @@ def _select_rule(args):
     if size is None:
         raise ValueError(f"--rule {args.rule} keeps --top-fraction F or --top-n N rows (--threshold applies to "
                          "--rule score only)")
-    return random_rows(size, seed=args.seed) if args.rule == "random" else longest(size, by=args.by)
+    if args.rule == "random":
+        return random_rows(size, seed=args.seed)
+    return longest(size, by=args.by, tokenizer=tokenizer)
 
 
 def cmd_card(args) -> None:
@@ -402,9 +411,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random, length-matched: the seed (default 0)")
     p.add_argument("--reference", help="length-matched: the selection (rows) whose lengths to match")
     p.add_argument("--bins", type=int, default=10, help="length-matched: quantile bins of length (default 10: deciles)")
-    p.add_argument("--by", choices=("auto", "n_response_tokens", "words"), default="auto",
-                   help="longest, length-matched: count response length by the scorer's n_response_tokens or "
-                        "words (default auto: n_response_tokens when present)")
+    p.add_argument("--by", choices=("auto", "n_response_tokens", "tokens", "words"), default="auto",
+                   help="longest, length-matched: count response length by the scorer's n_response_tokens, "
+                        "tokens of --tokenizer, or words (default auto: n_response_tokens when present)")
+    p.add_argument("--tokenizer", help="--by tokens: the model whose tokenizer counts (default smollm2-135m)")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--top-fraction", type=float, help="e.g. 0.05: the top 5%% of eligible rows")
     which.add_argument("--top-n", type=int, help="the N best eligible rows")

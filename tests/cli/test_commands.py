@@ -207,6 +207,21 @@ def test_select_random_and_longest_baselines_match_plain_python(varied, tmp_path
     assert f"Spearman with response length (all rows): ifd {rho:+.3f}" in out
 
 
+def test_select_longest_by_tokens_counts_with_the_named_tokenizer(varied, tmp_path, tiny_model_dir, capsys):
+    from transformers import AutoTokenizer
+
+    path, ds = varied
+    assert main(["select", str(path), "--rule", "longest", "--top-n", "6", "--by", "tokens", "--tokenizer",
+                 str(tiny_model_dir), "--output", str(tmp_path / "t")]) == 0
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    counts = [len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in ds["output"]]
+    expected = sorted(range(50), key=lambda i: (-counts[i], i))[:6]
+    assert datasets.load_from_disk(str(tmp_path / "t"))["row_id"] == expected
+    assert main(["select", str(path), "--rule", "longest", "--top-n", "6", "--tokenizer", str(tiny_model_dir),
+                 "--output", str(tmp_path / "x")]) == 2
+    assert "--tokenizer counts lengths for --by tokens only" in capsys.readouterr().err
+
+
 def test_select_length_matched_follows_the_reference(varied, tmp_path, capsys):
     from hf_prospector.selection import length_matched_random, select
 
