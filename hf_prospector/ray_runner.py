@@ -154,20 +154,14 @@ class RayRows:
     @cached_property
     def features(self) -> Features:
         """The features ``datasets`` gives the file (read once, before its rows)."""
-        with self._read_errors():
+        with secrets_hidden(self.source):
             if not Place(self.where).is_file():
                 raise FileNotFoundError(f"the input file {shown(self.source)} does not exist; check the URL")
-            if self.kind == "parquet":  # its own schema (with the features datasets wrote there, if it did)
-                import pyarrow.parquet as pq
-
-                with Place(self.where).reading() as f:
-                    return Features.from_arrow_schema(pq.read_schema(f))
-            if self.kind == "csv":
-                return self._csv_features()
-            schema = self._dataset().schema()
+            with self._read_errors():
+                schema = self._schema()
         if schema is None:
             raise ValueError(f"the input file {shown(self.source)} is empty: it holds no rows")
-        return Features.from_arrow_schema(schema.base_schema)
+        return Features.from_arrow_schema(schema)
 
     @property
     def column_names(self) -> list[str]:
@@ -178,19 +172,21 @@ class RayRows:
         ``datasets`` gives."""
         from datasets.table import table_cast
 
-        features = self.features
-        schema, start = features.arrow_schema, 0
+        features, start = self.features, 0
+        for table in self._tables(batch_size):
+            try:
+                table = table_cast(table, features.arrow_schema)
+            except Exception as err:  # noqa: BLE001 -- any value that does not fit: say where
+                raise ValueError(f"the input file {shown(self.source)} has rows in {start}..{start + table.num_rows} "
+                                 f"that do not fit the column types of its first rows ({type(err).__name__}: "
+                                 f"{str(err)[:300]}); give each column values of one type") from None
+            yield features.decode_batch(table.to_pydict())
+            start += table.num_rows
+
+    def _tables(self, batch_size: int):
+        """The file's rows as Arrow tables of ``batch_size`` rows, in order."""
         with self._read_errors():
-            for table in self._dataset().iter_batches(batch_size=batch_size, batch_format="pyarrow",
-                                                      prefetch_batches=1):
-                try:
-                    table = table_cast(table, schema)
-                except Exception as err:  # noqa: BLE001 -- any type that does not fit: say where
-                    raise ValueError(f"the input file {shown(self.source)} has rows {start}..{start + table.num_rows} "
-                                     f"whose columns do not fit the types of its first rows ({features}): "
-                                     f"{type(err).__name__}: {err}; make the column's values one type") from None
-                yield features.decode_batch(table.to_pydict())
-                start += table.num_rows
+            yield from self._dataset().iter_batches(batch_size=batch_size, batch_format="pyarrow", prefetch_batches=1)
 
     def _dataset(self):
         """The Ray dataset of the file's rows, in order."""
@@ -207,8 +203,16 @@ class RayRows:
         ds.context.enable_progress_bars = False  # the run has its own
         return ds if self.limit is None else ds.limit(self.limit)
 
-    def _csv_features(self) -> Features:
-        """The features of the pandas frame of the first rows: those ``datasets`` gives a CSV file."""
+    def _schema(self):
+        """The Arrow schema ``datasets`` reads the file with; None when the file is empty."""
+        if self.kind == "parquet":  # its own (with the features datasets wrote there, if it did)
+            import pyarrow.parquet as pq
+
+            with Place(self.where).reading() as f:
+                return pq.read_schema(f)
+        if self.kind == "json":
+            schema = self._dataset().schema()
+            return None if schema is None else schema.base_schema
         import pandas as pd
         import pyarrow as pa
 
@@ -216,11 +220,11 @@ class RayRows:
             try:
                 first = pd.read_csv(f, nrows=CSV_TYPED_ROWS)
             except pd.errors.EmptyDataError:
-                raise ValueError(f"the input file {shown(self.source)} is empty: it holds no rows") from None
-        return Features.from_arrow_schema(pa.Schema.from_pandas(first, preserve_index=False))
+                return None
+        return pa.Schema.from_pandas(first, preserve_index=False)
 
     def _csv_options(self):
-        """pyarrow's CSV options that read values as pandas does, into the types of :meth:`_csv_features`."""
+        """pyarrow's CSV options that read values as pandas does, into the types of the first rows."""
         from pandas._libs.parsers import STR_NA_VALUES
         from pyarrow import csv
 
@@ -230,28 +234,29 @@ class RayRows:
 
     @contextmanager
     def _read_errors(self):
-        """Errors of reading the file named, with what to fix; a URL's credentials never shown."""
+        """A failure to read the file (Ray's task errors wrap the reader's) as one that names it, with what to fix;
+        a URL's credentials never shown."""
         with secrets_hidden(self.source):
             try:
                 yield
-            except (FileNotFoundError, ValueError) as err:
-                if shown(self.source) in str(err):  # ours already
-                    raise
-                raise self._read_error(err) from err
-            except Exception as err:  # noqa: BLE001 -- Ray's task errors wrap the reader's
+            except Exception as err:  # noqa: BLE001 -- whatever the reader raised
                 raise self._read_error(err) from err
 
-    def _read_error(self, err: BaseException) -> Exception:
-        cause = list(exception_chain(err))[-1]
+    def _read_error(self, err: BaseException) -> ValueError:
         if self.kind == "json" and not is_url(self.where):
             if where := _json_error(Path(self.where)):
                 return ValueError(f"the input file {shown(self.source)} is not valid JSON: {where}; fix that line")
             return ValueError(f"the input file {shown(self.source)} is valid JSON, but Ray Data's reader (pyarrow's) "
                               "cannot type its columns: a column holds values of different kinds (an object in one "
                               "row, a string in another); make each column one kind, or score it without --engine ray")
+        # Ray wraps the reader's error in a task error (its cause) and a system one: name the reader's own.
+        cause = next((e.cause for e in exception_chain(err) if isinstance(getattr(e, "cause", None), Exception)), err)
+        cause = list(exception_chain(cause))[-1]
         first = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+        hint = (f"; each column's values must fit the type of its first {CSV_TYPED_ROWS:,} rows (datasets types a "
+                "CSV file by them)" if self.kind == "csv" else "")
         return ValueError(f"cannot read the input file {shown(self.source)} with Ray Data: "
-                          f"{type(cause).__name__}: {first}")
+                          f"{type(cause).__name__}: {first}{hint}")
 
 
 class _RayRun(_Run):
