@@ -192,11 +192,14 @@ def run_recipe(recipe: Recipe | str | Path, *, fresh: bool = False, overwrite: b
 def load_input(spec: InputSpec):
     """``(rows, name)``: a Dataset (IterableDataset when streaming) and how the manifest and card name it."""
     rows = load_rows(spec.source, split=spec.split, streaming=spec.streaming)
-    name = f"{spec.source} (split {spec.split})"
     if spec.limit is not None:
         rows = rows.take(spec.limit) if spec.streaming else rows.select(range(min(spec.limit, len(rows))))
-        name += f", first {spec.limit} rows"
-    return rows, name
+    return rows, input_name(spec)
+
+
+def input_name(spec: InputSpec) -> str:
+    """How the manifest and the card name the input."""
+    return f"{spec.source} (split {spec.split})" + ("" if spec.limit is None else f", first {spec.limit} rows")
 
 
 def build_scorer(spec: ScoreSpec):
@@ -236,11 +239,15 @@ def score_input(inp: InputSpec, spec: ScoreSpec, run: RunSpec, *, fresh: bool = 
 
 
 def _score_on_ray(inp: InputSpec, spec: ScoreSpec, run: RunSpec, *, fresh: bool = False):
-    """:func:`score_input` on a Ray cluster (one driver: no process of a launch to wait for)."""
-    from .ray_runner import require_ray, score_run_ray
+    """:func:`score_input` on a Ray cluster (one driver: no process of a launch to wait for). A file or a URL of one
+    is read by Ray Data on the cluster; other sources by ``datasets`` on the driver."""
+    from .ray_runner import RayRows, ray_reads, require_ray, score_run_ray
 
     require_ray()  # before loading anything: without Ray, say what to install
-    rows, name = load_input(inp)
+    if ray_reads(inp.source):
+        rows, name = RayRows(inp.source, limit=inp.limit), input_name(inp)
+    else:
+        rows, name = load_input(inp)
     scorer = build_scorer(spec)
     scored, summary = score_run_ray(rows, scorer, run.output, source_name=name, batch_size=run.batch_size,
                                     part_rows=run.part_rows, part_seconds=run.part_seconds, fresh=fresh,

@@ -55,7 +55,7 @@ def is_connection_error(err: BaseException | None) -> bool:
 def local_path(source: str, suffixes=tuple(_FILE_KINDS)) -> Path | None:
     """The path ``source`` names when it is to be read from disk (existing or not); None for a Hub id or URL.
     A name ending in one of ``suffixes`` (files of the kind expected: data files, or models' ``.gguf``) is a path."""
-    if source in DEMO_FILES or source.startswith(("http://", "https://")):
+    if source in DEMO_FILES or "://" in source:
         return None
     path = Path(source).expanduser()
     first = Path(source).parts[0] if Path(source).parts else ""
@@ -76,11 +76,11 @@ def load_rows(source: str | None, *, split: str = "train", streaming: bool = Fal
     if source in DEMO_FILES:
         source = str(resources.files("hf_prospector") / DEMO_FILES[source])
     suffix = Path(source.split("?")[0]).suffix
-    web = source.startswith(("http://", "https://"))
+    web = "://" in source
     path = local_path(source)
     if path is None:
         try:
-            if web and suffix in _FILE_KINDS:  # a data file on the web
+            if web and suffix in _FILE_KINDS:  # a data file at a URL (http, s3://, any fsspec protocol)
                 return datasets.load_dataset(_FILE_KINDS[suffix], data_files=source, split="train", streaming=streaming)
             return datasets.load_dataset(source, split=split, streaming=streaming)
         except Exception as err:

@@ -1,7 +1,10 @@
 """Scoring on Ray (hf_prospector.ray_runner, and the scorers as Ray Data UDFs) on a local 2-CPU cluster."""
 
+import csv
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -15,7 +18,7 @@ import pytest
 
 from hf_prospector.cli import main
 from hf_prospector.recipes import RecipeError, parse_recipe
-from hf_prospector.runner import score_run, work_dir
+from hf_prospector.runner import list_parts, score_run, work_dir
 from hf_prospector.scorers import GoldScorer, IFDScorer
 from hf_prospector.sources import load_rows
 from tests.runner import fakeremote
@@ -68,6 +71,36 @@ def same_rows(a: datasets.Dataset, b: datasets.Dataset) -> None:
             np.testing.assert_allclose(np.array(x, dtype=float), np.array(y, dtype=float), rtol=1e-6, equal_nan=True)
         else:
             assert x == y, column
+
+
+def typed_rows() -> list[dict]:
+    """The demo rows with columns of each kind a reader types: integers, floats with nulls, nested rows, booleans, a
+    column of nulls only, strings with nulls."""
+    return [{**row, "n": i, "x": None if i % 3 else i / 4, "tags": [{"k": f"t{i}", "v": i}], "flag": i % 2 == 0,
+             "none": None, "note": None if i % 4 == 0 else f"n{i}"}
+            for i, row in enumerate(load_rows("demo").select(range(N_ROWS)))]
+
+
+def write_input(rows: list[dict], path: Path) -> Path:
+    """``rows`` as a file of ``path``'s kind, written by other means than ``datasets``."""
+    if path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    elif path.suffix == ".parquet":
+        pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=5)  # several row groups, read in order
+    else:  # CSV: flat columns; empty fields and NA are nulls, so "m" (integers, one missing) reads as floats
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, ["instruction", "input", "output", "n", "m", "flag", "note"])
+            writer.writeheader()
+            for i, row in enumerate(rows):
+                writer.writerow({"instruction": row["instruction"], "input": row["input"], "output": row["output"],
+                                 "n": i, "m": "" if i % 5 == 0 else i, "flag": row["flag"],
+                                 "note": "NA" if i % 4 == 0 else row["note"]})
+    return path
+
+
+def summary_lines(out: str) -> list[str]:
+    """The lines of a run's summary that a Ray run shares with a single-process one (not its processes and time)."""
+    return [line for line in out.splitlines() if line.startswith(("rows:", "NaN rows", "  ", "input changed"))]
 
 
 class DyingOnceScorer(CountingScorer):
@@ -124,20 +157,66 @@ def test_map_batches_equals_dataset_map_in_numpy_and_arrow_formats(ray_cluster, 
         same_rows(expected, datasets.Dataset(datasets.table.InMemoryTable(table)).cast(expected.features))
 
 
+def test_files_and_urls_of_files_are_read_by_ray_data_other_sources_by_datasets(tmp_path):
+    from hf_prospector.ray_runner import ray_reads
+
+    jsonl = write_input(typed_rows(), tmp_path / "rows.jsonl")
+    array = tmp_path / "rows.json"  # one JSON document: no stream, datasets reads it whole (and types it)
+    array.write_text(json.dumps(typed_rows()))
+    load_rows("demo").select(range(2)).save_to_disk(str(tmp_path / "saved"))
+    assert ray_reads(str(jsonl)) and ray_reads("s3://bucket/rows.parquet") and ray_reads("https://host/rows.csv?v=1")
+    for other in (str(array), str(tmp_path / "saved"), "demo", None, "user/dataset", str(tmp_path / "missing.jsonl")):
+        assert not ray_reads(other), other  # load_rows reads it, or names what is wrong
+
+
 @pytest.mark.slow
-def test_engine_ray_on_two_actors_equals_one_process(ray_cluster, tiny_model_dir, rows_file, tmp_path, capsys):
-    options = ["score", str(rows_file), "--model", str(tiny_model_dir), "--dtype", "float32",
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet", ".csv"])
+def test_engine_ray_reads_a_file_with_ray_data_and_equals_one_process(suffix, ray_cluster, tiny_model_dir, tmp_path,
+                                                                      capsys, monkeypatch):
+    data = write_input(typed_rows(), tmp_path / f"rows{suffix}")
+    options = ["score", str(data), "--model", str(tiny_model_dir), "--dtype", "float32",
                "--max-length", str(MAX_LENGTH), "--part-rows", "3", "--batch-size", "2", "--show", "0"]
     assert main([*options, "--output", str(tmp_path / "one.parquet")]) == 0
     one = capsys.readouterr().out
+
+    # The Ray run: the input is read by Ray Data's reader, never by datasets (which loads the output only).
+    reader = {".jsonl": "read_json", ".parquet": "read_parquet", ".csv": "read_csv"}[suffix]
+    reads, loads = [], []
+    read, load_dataset = getattr(ray_cluster.data, reader), datasets.load_dataset
+    monkeypatch.setattr(ray_cluster.data, reader, lambda *args, **kwargs: reads.append(args) or read(*args, **kwargs))
+    monkeypatch.setattr(datasets, "load_dataset",
+                        lambda *args, **kwargs: loads.append((args, kwargs)) or load_dataset(*args, **kwargs))
     assert main([*options, "--output", str(tmp_path / "ray.parquet"), "--engine", "ray", "--actors", "2"]) == 0
     on_ray = capsys.readouterr().out
-    same_rows(load_rows(str(tmp_path / "one.parquet")), load_rows(str(tmp_path / "ray.parquet")))
-    assert load_rows(str(tmp_path / "ray.parquet"))["row_id"] == list(range(N_ROWS))
-    for out in (one, on_ray):
-        assert f"rows: {N_ROWS} ({N_ROWS} scored now, 0 by an earlier run)" in out
+    assert reads and not [call for call in loads if data.name in repr(call)], loads
+
+    expected, got = load_rows(str(tmp_path / "one.parquet")), load_rows(str(tmp_path / "ray.parquet"))
+    assert got.features == expected.features  # the column types datasets gives the file, nested ones included
+    same_rows(expected, got)
+    assert got["row_id"] == list(range(N_ROWS))
+    assert summary_lines(on_ray) == summary_lines(one) and f"rows: {N_ROWS} ({N_ROWS} scored now" in on_ray
+    blocks = [json.loads((work_dir(tmp_path / name) / "manifest.json").read_text())["blocks"]
+              for name in ("one.parquet", "ray.parquet")]
+    assert blocks[0] == blocks[1] and len(blocks[0]) == 4  # the same blocks, their input rows hashed alike
     per_actor = [int(n) for n in re.search(r"processes: 2 \(rows scored per process: (\d+), (\d+)\)", on_ray).groups()]
     assert sum(per_actor) == N_ROWS and min(per_actor) > 0  # both actors scored
+
+
+@pytest.mark.slow
+def test_ray_data_input_keeps_the_first_rows_of_a_limit_and_names_a_bad_json_line(ray_cluster, tmp_path, capsys):
+    from hf_prospector.ray_runner import RayRows
+
+    data = write_input(typed_rows(), tmp_path / "rows.jsonl")
+    batches = list(RayRows(str(data), limit=7).iter(batch_size=3))
+    assert [len(batch["n"]) for batch in batches] == [3, 3, 1]
+    assert {k: sum((b[k] for b in batches), []) for k in batches[0]} == load_rows(str(data)).select(range(7))[:]
+
+    lines = data.read_text().splitlines()
+    data.write_text("\n".join(lines[:5] + [lines[5][:-1]] + lines[6:]) + "\n")  # line 6 loses its closing brace
+    assert main(["score", str(data), "--engine", "ray", "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"the input file {data} is not valid JSON: line 6" in err and "fix that line" in err
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow
@@ -160,14 +239,16 @@ def test_killed_actor_is_retried_and_every_row_scored_once(ray_cluster, tiny_mod
 
 
 @pytest.mark.slow
-def test_driver_killed_then_rerun_does_not_rescore_finished_rows(ray_cluster, tiny_model_dir, rows_file, tmp_path):
+@pytest.mark.parametrize("read", ["ray-data", "datasets"])
+def test_driver_killed_then_rerun_scores_only_missing_and_changed_rows(read, ray_cluster, tiny_model_dir, rows_file,
+                                                                       tmp_path):
     output = tmp_path / "scored"
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address,
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 
     def job(count_file, pause):
         return [sys.executable, "-m", "tests.ray_job", str(tiny_model_dir), str(rows_file), str(output),
-                str(tmp_path / count_file), str(pause)]
+                str(tmp_path / count_file), str(pause), read]
 
     # 1. A slow driver (0.5 s per row), killed with SIGKILL once two parts (4 rows) are on disk.
     proc = subprocess.Popen(job("count1", 0.5), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -178,12 +259,21 @@ def test_driver_killed_then_rerun_does_not_rescore_finished_rows(ray_cluster, ti
         saved.update(pq.read_table(part, columns=["row_id"])["row_id"].to_pylist())
     assert 4 <= len(saved) < N_ROWS and not output.exists()
 
-    # 2. The same run again: it scores exactly the rows no part holds.
+    # 2. A row of a saved part is fixed in the input.
+    a, b, _ = list_parts(work_dir(output))[0]
+    lines = rows_file.read_text().splitlines()
+    lines[a] = json.dumps({**json.loads(lines[a]), "output": "fixed"})
+    rows_file.write_text("\n".join(lines) + "\n")
+
+    # 3. The same run again: it scores exactly the rows no part holds, and those of the changed row's part.
     again = subprocess.run(job("count2", 0), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stdout + again.stderr
-    assert sorted(counted_rows(tmp_path / "count2")) == sorted(set(range(N_ROWS)) - saved)
-    assert f"{N_ROWS - len(saved)} scored now, {len(saved)} by an earlier run" in again.stdout
-    assert load_rows(str(output))["row_id"] == list(range(N_ROWS))
+    rescored = (set(range(N_ROWS)) - saved) | set(range(a, b))
+    assert sorted(counted_rows(tmp_path / "count2")) == sorted(rescored)
+    assert f"{len(rescored)} scored now, {N_ROWS - len(rescored)} by an earlier run" in again.stdout
+    assert f"input changed: {b - a} rows of earlier parts were scored again" in again.stdout
+    out = load_rows(str(output))
+    assert out["row_id"] == list(range(N_ROWS)) and out["output"][a] == "fixed"
 
 
 @pytest.mark.slow
@@ -207,9 +297,11 @@ def test_engine_ray_writes_to_a_url_what_one_process_writes(ray_cluster, remote_
     same_rows(one, load_rows(str(remote_root / "bucket" / "ray.parquet")))  # what the store holds
     assert (summary.rows_scored, summary.output) == (N_ROWS, "fakeremote://bucket/ray.parquet")
 
-    assert main(["score", str(data), "--model", str(tiny_model_dir), "--dtype", "float32", "--max-length",
-                 str(MAX_LENGTH), "--part-rows", str(PART_ROWS), "--show", "0", "--engine", "ray", "--actors", "2",
-                 "--output", "fakeremote://bucket/cli"]) == 0
+    (remote_root / "bucket").mkdir(exist_ok=True)
+    shutil.copy(data, remote_root / "bucket" / "rows.jsonl")  # an input at a URL: read by Ray Data's tasks
+    assert main(["score", "fakeremote://bucket/rows.jsonl", "--model", str(tiny_model_dir), "--dtype", "float32",
+                 "--max-length", str(MAX_LENGTH), "--part-rows", str(PART_ROWS), "--show", "0", "--engine", "ray",
+                 "--actors", "2", "--output", "fakeremote://bucket/cli"]) == 0
     assert "output: fakeremote://bucket/cli" in capsys.readouterr().out
     same_rows(one, datasets.load_from_disk(str(remote_root / "bucket" / "cli")))
     assert not list(work_dir(remote_root / "bucket" / "cli").glob("part-*"))  # gathered, then removed
@@ -217,8 +309,9 @@ def test_engine_ray_writes_to_a_url_what_one_process_writes(ray_cluster, remote_
 
 
 @pytest.mark.slow
-def test_the_driver_holds_a_few_ranges_per_actor_not_the_whole_input(ray_cluster, tiny_model_dir, rows_file, tmp_path,
-                                                                    monkeypatch):
+@pytest.mark.parametrize("read", ["ray-data", "datasets"])
+def test_the_driver_holds_a_few_ranges_per_actor_not_the_whole_input(read, ray_cluster, tiny_model_dir, rows_file,
+                                                                    tmp_path, monkeypatch):
     from hf_prospector.ray_runner import RANGES_PER_ACTOR, _RayRun, score_run_ray
 
     # Each time the driver reads a range's rows: how many ranges it has read that no actor has finished scoring
@@ -233,8 +326,9 @@ def test_the_driver_holds_a_few_ranges_per_actor_not_the_whole_input(ray_cluster
     monkeypatch.setattr(_RayRun, "_prepared", counted)
     scorer = CountingScorer(str(tiny_model_dir), dtype="float32", max_length=MAX_LENGTH,
                             count_file=str(tmp_path / "count"))
-    out, summary = score_run_ray(load_rows(str(rows_file)), scorer, tmp_path / "ray.parquet", source_name="rows",
-                                 batch_size=1, part_rows=1, actors=2, progress=False)  # 12 ranges of a row
+    source = str(rows_file) if read == "ray-data" else load_rows(str(rows_file))
+    out, summary = score_run_ray(source, scorer, tmp_path / "ray.parquet", source_name="rows", batch_size=1,
+                                 part_rows=1, actors=2, progress=False)  # 12 ranges of a row
     assert len(held) == N_ROWS and sorted(counted_rows(tmp_path / "count")) == list(range(N_ROWS))
     assert max(held) <= 2 * RANGES_PER_ACTOR + 1, held  # those sent to the actors, and the one waiting for room
     assert out["row_id"] == list(range(N_ROWS)) and summary.rows_scored == N_ROWS
