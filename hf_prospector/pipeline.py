@@ -198,8 +198,10 @@ def load_input(spec: InputSpec):
 
 
 def input_name(spec: InputSpec) -> str:
-    """How the manifest and the card name the input."""
-    return f"{spec.source} (split {spec.split})" + ("" if spec.limit is None else f", first {spec.limit} rows")
+    """How the manifest and the card name the input (a URL's credentials hidden)."""
+    from .storage import shown
+
+    return f"{shown(spec.source)} (split {spec.split})" + ("" if spec.limit is None else f", first {spec.limit} rows")
 
 
 def build_scorer(spec: ScoreSpec):

@@ -60,7 +60,7 @@ from datasets import Dataset, Features, IterableDataset, Value, concatenate_data
 from .diagnostics import template_fit
 from .formats import row_count
 from .sources import load_rows, save_rows
-from .storage import Place, is_url, secrets_hidden
+from .storage import Place, is_url, secrets_hidden, shown
 from .utils import ROW_ID, float_column, numeric_kind, require_int, require_unique_row_ids
 
 MANIFEST = "manifest.json"
@@ -215,7 +215,7 @@ class _Run:
 
         self.state = process_state()
         self.source, self.scorer, self.output = source, scorer, Place(output)
-        self.source_name = source_name
+        self.source_name = shown(source_name)  # the manifest is a file others read: no credentials in it
         self.work = Place(work_dir(output))
         self.streaming = isinstance(source, IterableDataset)
         self.batch_size, self.part_rows, self.part_seconds = batch_size, part_rows, part_seconds

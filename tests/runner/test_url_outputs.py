@@ -153,3 +153,16 @@ def test_a_file_on_an_object_store_is_put_in_its_place_a_folder_moved(remote, mo
     Place("fakeremote://bucket/b.parquet").write(lambda tmp: tmp.write_text("beside, then moved"))
     assert len(FakeObjectStore.moves) == 1 and sorted(p.name for p in (remote / "bucket").iterdir()) == [
         "a.parquet", "b.parquet", "saved"]
+
+
+def test_the_manifest_and_the_card_name_an_input_url_without_its_credentials(rows, tiny_model_dir, remote):
+    """The manifest is a file others read, and the input's name goes on to the card: neither holds a password."""
+    from hf_prospector.pipeline import input_name
+    from hf_prospector.recipes import InputSpec
+
+    source = "s3://AKIAXXXX:s3cr3t-key@bucket/rows.jsonl?token=abcd1234"
+    assert input_name(InputSpec(source=source)) == "s3://***@bucket/rows.jsonl?*** (split train)"
+    with pytest.raises(ScorerFailed):
+        run(rows, scorer(tiny_model_dir, fail_after=1), "fakeremote://bucket/out", source_name=source)
+    manifest = (remote / "bucket" / "out.parts" / "manifest.json").read_text()
+    assert "s3://***@bucket/rows.jsonl" in manifest and "s3cr3t" not in manifest and "abcd1234" not in manifest
