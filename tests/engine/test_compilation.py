@@ -87,7 +87,7 @@ def test_not_told_the_run_length_auto_compiles_once_eager_time_equals_the_cost(a
 
 def test_told_the_rows_left_auto_compiles_at_once_when_they_repay_it_and_never_when_they_cannot(auto, monkeypatch):
     monkeypatch.setattr(compilation, "COMPILE_AFTER_S", 60.0)
-    monkeypatch.setattr(compilation, "COMPILED_SAVING", 0.5)
+    monkeypatch.setattr(compilation, "COMPILED_SAVING", {torch.float32: 0.5})  # the tiny model's dtype
     short = auto()
     short.record(10.0, 1000)  # 100 rows in 10 s: 0.1 s a row
     short.expect(100, 1000)  # 100 s left, 50 s saved: less than the 60 s compile
