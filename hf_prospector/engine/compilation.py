@@ -2,8 +2,9 @@
 compiler fails still scores, eagerly.
 
 ``compile="auto"`` weighs the compile's cost against the eager time it saves. The cost is what the last compile
-of the same model took on this machine (kept beside torch's on-disk kernel cache, which makes a second run's
-compile short), else ``COMPILE_AFTER_S``. Told how many rows are left (:meth:`DeferredCompiler.expect`), it
+of the same model took on this machine, recorded inside torch's on-disk kernel cache (``TORCHINDUCTOR_CACHE_DIR``),
+whose kernels make a second run's compile short: when that cache is wiped, the record goes with it. Before any
+record, the cost is ``COMPILE_AFTER_S``. Told how many rows are left (:meth:`DeferredCompiler.expect`), it
 compiles as soon as they repay the cost and never when they cannot; not told, it compiles once the eager time
 spent equals the cost (so a run never spends more than twice the better choice's time).
 """
@@ -14,10 +15,10 @@ import hashlib
 import json
 import os
 import warnings
+from pathlib import Path
 
 import torch
 
-from ..models import cache_dir
 from ..utils import atomic_write
 from .prefix_cache import SharedPrefixCache
 from .projection import target_logprobs
@@ -76,8 +77,6 @@ class DeferredCompiler:
         return next((m for m in children if isinstance(m, torch.nn.ModuleList) and len(m) == n), None)
 
     def compile(self) -> None:
-        if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:  # torch's own default is under /tmp, often wiped
-            os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir() / "torchinductor")
         layers = self.decoder_layers()
         if layers is None:
             self.give_up(f"no list of decoder layers found in {type(self.model.base_model).__name__}")
@@ -170,8 +169,10 @@ class DeferredCompiler:
                                         str(torch.get_num_threads()), config]).encode()).hexdigest()[:24]
 
     @staticmethod
-    def _costs_path():
-        return cache_dir() / "compile_seconds.json"
+    def _costs_path() -> Path:
+        from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+        return Path(cache_dir()) / "hf_prospector_compile_seconds.json"
 
     def _costs(self) -> dict[str, float]:
         try:

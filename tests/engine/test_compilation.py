@@ -15,8 +15,8 @@ from tests.oracles import full_logits_logprobs
 
 @pytest.fixture(autouse=True)
 def own_cache(tmp_path, monkeypatch):
-    """Each test its own record of compile costs."""
-    monkeypatch.setenv("HF_PROSPECTOR_CACHE", str(tmp_path / "cache"))
+    """Each test its own record of compile costs, where torch keeps its kernels (so the compiles are cold too)."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
 
 
 @pytest.fixture
@@ -41,7 +41,7 @@ def test_compiled_engine_equals_eager_reference(compiled_engine, tiny_model_dir,
     conts = [Request([90, 91, 92, 93], 0), Request(list(range(120, 150)), 10)]
     prefixed = engine.prefixed_logprobs(prefix, conts)  # compiled too, over the shared prefix cache
     assert engine.compile_failed is None
-    recorded = json.loads((tmp_path / "cache" / "compile_seconds.json").read_text())
+    recorded = json.loads((tmp_path / "inductor" / "hf_prospector_compile_seconds.json").read_text())
     assert len(recorded) == 1 and list(recorded.values())[0] > 0  # the first compiled pass's cost, for later runs
     with torch.compiler.set_stance("force_eager"):
         for r, g in zip(reqs, got):
@@ -100,7 +100,7 @@ def test_told_the_rows_left_auto_compiles_at_once_when_they_repay_it_and_never_w
     assert long.worth_it and long.compiled
 
 
-def test_the_first_compiled_pass_is_the_compile_cost_kept_for_later_runs(auto, monkeypatch):
+def test_the_first_compiled_pass_is_the_compile_cost_kept_for_later_runs(auto, monkeypatch, tmp_path):
     monkeypatch.setattr(compilation, "COMPILE_AFTER_S", 60.0)
     first = auto()
     assert first.cost() == 60.0  # nothing measured on this machine yet
@@ -109,6 +109,9 @@ def test_the_first_compiled_pass_is_the_compile_cost_kept_for_later_runs(auto, m
     first.record(25.0, 1000)  # compiled: 10 s of it is the pass itself, 15 s the compile
     first.record(5.0, 1000)  # later passes are not the compile
     assert auto().cost() == pytest.approx(15.0)  # a later run (same model, dtype, device, threads) knows it
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "wiped"))
+    assert auto().cost() == 60.0  # the record lives with the kernels: another (or a wiped) kernel cache is cold
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(threads + 1)
