@@ -7,7 +7,7 @@ eval loss on held-out GPT-4 answers (``alpaca_gpt4_9k.json``, rows whose instruc
 ``alpaca_eval_805.json`` with paired bootstrap intervals (``hf_prospector.evaluation.run_evidence``). The embedded SmolLM2-135M is scorer and base.
 
     python bench/evidence.py --small          # minutes: a smoke run of the whole path, numbers mean little
-    python bench/evidence.py                  # about an hour on 2 AMX cores (bfloat16), longer in float32
+    python bench/evidence.py                  # about 40 minutes on 2 AMX cores (bfloat16), longer in float32
     python bench/evidence.py --pool 52002 --arm-rows 2600 --eval-rows 1000 --epochs 3   # on a GPU
 
 Results go to ``bench/results/evidence[-small]/`` (report.md, evidence.json, evidence.png; arms resume).
@@ -23,8 +23,8 @@ from harness import RESULTS, first_rows, parser, print_header, report_end_load, 
 
 SIZES = {  # pool rows scored, rows per arm, eval rows, random seeds, optimizer steps (None: one epoch)
     "small": dict(pool=200, arm_rows=16, eval_rows=16, seeds=2, steps=2),
-    # About an hour on 2 cores with AMX (bfloat16); float32-only CPUs take several times longer. Training runs
-    # about 120 tokens/s there (0.8 GFLOP a token), so arms of 300 rows would take two hours.
+    # About 40 minutes on 2 AMX cores in bfloat16 (1,766 s with the pool's scores cached, and about 11 minutes
+    # of scoring); float32-only CPUs take several times longer.
     "full": dict(pool=3000, arm_rows=150, eval_rows=200, seeds=3, steps=None),
 }
 

@@ -13,6 +13,7 @@ from .._lazy import lazy_attributes
 
 _EXPORTS = {".compare": ["bootstrap_interval", "comparisons", "write_report"],
             ".data": ["Encoding", "as_train_dataset", "encode_set", "training_rows"],
+            ".generation": ["GenerationMetrics", "generate_answers"],
             ".run": ["run_evidence"], ".scoring": ["eval_losses"],
             ".training": ["TrainSettings", "fine_tune", "make_trainer"]}
 

@@ -101,9 +101,22 @@ def to_markdown(result: dict, level: int = 1) -> str:
         if spread["sd"] is not None:
             lines += ["", f"Seed-to-seed spread of the baseline arms' eval loss: sd {spread['sd']:.4f}, range "
                           f"{spread['range']:.4f} over {len(spread['arms'])} seeds. A gap smaller than this is noise."]
+        if result.get("generation"):
+            lines += generation_table(result, set_name)
     if result.get("warnings"):
         lines += ["", f"{'#' * (level + 1)} Warnings", ""] + [f"- {w}" for w in result["warnings"]]
     return "\n".join(lines) + "\n"
+
+
+def generation_table(result: dict, set_name: str) -> list[str]:
+    """The arms' generation metrics on one evaluation set (higher is better for ROUGE)."""
+    settings = result["generation"]
+    values = {name: arm.get("generation", {}).get(set_name, {}) for name, arm in result["arms"].items()}
+    keys = sorted({k for v in values.values() for k in v})
+    rows = [[name] + [format_number(v.get(k), ".4f") for k in keys] for name, v in values.items()]
+    return ["", f"Generation metrics: greedy answers of at most {settings['max_new_tokens']} tokens to the first "
+                f"{settings['rows']} rows, against the references ({', '.join(settings['metrics'])}, by evaluate).",
+            "", markdown_table(["arm"] + keys, rows)]
 
 
 def plot(result: dict, path: Path) -> Path:

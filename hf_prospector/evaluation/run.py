@@ -27,6 +27,7 @@ from ..scorers.base import pick_device, within_window
 from ..utils import atomic_write
 from .compare import comparisons, write_report
 from .data import (Encoding, as_train_dataset, check_sizes, encode_set, overlap, training_rows)
+from .generation import GenerationMetrics, generate_answers, load_metrics, metric_values
 from .scoring import eval_losses
 from .training import TrainSettings, fine_tune, require
 
@@ -38,14 +39,16 @@ def run_evidence(arms: Mapping[str, Dataset], eval_set: Dataset | Mapping[str, D
                  rows: int | None = None, tokens: int | None = None, equal_size: bool = True,
                  mapping: ColumnMapping | dict | None = None, eval_mapping: ColumnMapping | dict | None = None,
                  turn: str = "last", device: str | None = None, dtype: str = "float32", draws: int = 10000,
-                 ci_seed: int = 0, log: Callable[[str], None] = print) -> dict:
+                 ci_seed: int = 0, generation: GenerationMetrics | None = None,
+                 log: Callable[[str], None] = print) -> dict:
     """Fine-tune ``base_model`` on each arm (named training sets), evaluate every tuned model and the base on
     ``eval_set`` (instruction, reference response; or several, named: ``{"gpt4": ds1, "alpaca_eval": ds2}``), compare
     with ``baseline`` per evaluation set and write the report to ``out_dir``.
 
     ``rows=N``: each arm trains on its first N rows; ``tokens=N``: on its first rows holding at most N response
-    tokens; neither: arms as given, which must be of equal size unless ``equal_size=False``. Returns the result
-    (also ``evidence.json``).
+    tokens; neither: arms as given, which must be of equal size unless ``equal_size=False``. ``generation``: also
+    compare the models' greedy answers with the references by ``evaluate`` metrics (e.g. ROUGE-L; slow on a CPU).
+    Returns the result (also ``evidence.json``).
     """
     settings = settings or TrainSettings()
     encoding = encoding or Encoding()
@@ -58,6 +61,7 @@ def run_evidence(arms: Mapping[str, Dataset], eval_set: Dataset | Mapping[str, D
     eval_mapping = ColumnMapping(**eval_mapping) if isinstance(eval_mapping, dict) else eval_mapping
     device = pick_device(device, None)
     out = Path(out_dir)
+    metrics = load_metrics(generation.metrics) if generation else {}
 
     eval_sets = {"eval": eval_set} if isinstance(eval_set, Dataset) else dict(eval_set)
     if not eval_sets:
@@ -88,13 +92,22 @@ def run_evidence(arms: Mapping[str, Dataset], eval_set: Dataset | Mapping[str, D
     def evaluate(engine: Engine) -> dict[str, np.ndarray]:
         return {set_name: eval_losses(engine, ev) for set_name, ev in evaluated.items()}
 
+    def generated(engine: Engine) -> dict:
+        """Per evaluation set, the generation metrics of the engine's model (empty without ``generation``)."""
+        if not generation:
+            return {}
+        return {"generation": {set_name: metric_values(metrics, *generate_answers(engine.model, tokenizer, ev,
+                                                                                    generation))
+                               for set_name, ev in evaluated.items()}}
+
     common = {"library": __version__, "base_model": base_model, "fingerprint": model_fingerprint(base_model),
               "encoding": vars(encoding), "eval": {n: ev.digest() for n, ev in evaluated.items()}, "device": device,
-              "dtype": dtype}
+              "dtype": dtype, "generation": generation.to_dict() if generation else None}
     results, losses = {}, {}
     base_key = _key({**common, "arm": BASE})
     results[BASE], losses[BASE] = _cached(out, BASE, base_key) or _save(out, BASE, base_key, {
-        "rows": 0, "training_tokens": 0, "mean_response_tokens": None, "unusable_rows": 0}, evaluate(engine))
+        "rows": 0, "training_tokens": 0, "mean_response_tokens": None, "unusable_rows": 0, **generated(engine)},
+        evaluate(engine))
     del engine, model
     for name, enc in trained.items():
         versions = {m: _version(m) for m in ("transformers", "trl", "torch")}
@@ -107,8 +120,9 @@ def run_evidence(arms: Mapping[str, Dataset], eval_set: Dataset | Mapping[str, D
             started = time.perf_counter()
             model, tokenizer = load_causal_lm(base_model)  # a fresh copy of the base for every arm
             tuned, history = fine_tune(model, tokenizer, as_train_dataset(enc), settings, device)
-            arm_losses = evaluate(Engine(tuned, tokenizer, device, dtype))
-            cached = _save(out, name, key, {
+            tuned_engine = Engine(tuned, tokenizer, device, dtype)
+            arm_losses = evaluate(tuned_engine)
+            cached = _save(out, name, key, {**generated(tuned_engine),
                 "rows": len(enc.ids), "training_tokens": int(sum(enc.response_tokens)),
                 "mean_response_tokens": float(np.mean(enc.response_tokens)), "unusable_rows": len(enc.unusable),
                 "train_loss": next((h["train_loss"] for h in history if "train_loss" in h), None),
@@ -119,6 +133,7 @@ def run_evidence(arms: Mapping[str, Dataset], eval_set: Dataset | Mapping[str, D
     result = {"base_model": base_model or "smollm2-135m", "settings": settings.to_dict(), "encoding": vars(encoding),
               "eval_rows": {n: len(ev.ids) for n, ev in evaluated.items()},
               "eval_unusable": {n: len(ev.unusable) for n, ev in evaluated.items()}, "arms": results,
+              "generation": generation.to_dict() if generation else None,
               "comparison": {set_name: comparisons({arm: per_set[set_name] for arm, per_set in losses.items()},
                                                    baseline, draws, ci_seed) for set_name in evaluated},
               "warnings": found}
