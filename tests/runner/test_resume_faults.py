@@ -121,7 +121,8 @@ def test_ctrl_c_saves_the_scored_rows_and_says_how_to_resume(tiny_model_dir, tmp
                 "--model", str(tiny_model_dir), "--dtype", "float32", "--max-length", str(MAX_LENGTH),
                 "--batch-size", "1", "--part-rows", "100", "--show", "0", "--output", str(output)]
 
-    proc = subprocess.Popen(cli(tmp_path / "count1", 0.3), cwd=ROOT, stdout=subprocess.PIPE,
+    # A second per row: rows are left to interrupt even when this process notices the third row late (a busy CI).
+    proc = subprocess.Popen(cli(tmp_path / "count1", 1.0), cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while len(counted_rows(tmp_path / "count1")) < 3:
@@ -129,6 +130,7 @@ def test_ctrl_c_saves_the_scored_rows_and_says_how_to_resume(tiny_model_dir, tmp
         assert time.monotonic() < deadline, "no row was scored"
         time.sleep(0.02)
     scored_before = len(counted_rows(tmp_path / "count1"))
+    assert scored_before < N_ROWS, "every row was scored before the interrupt could be sent"
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stdout + stderr
