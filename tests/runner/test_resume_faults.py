@@ -121,9 +121,11 @@ def test_ctrl_c_saves_the_scored_rows_and_says_how_to_resume(tiny_model_dir, tmp
                 "--model", str(tiny_model_dir), "--dtype", "float32", "--max-length", str(MAX_LENGTH),
                 "--batch-size", "1", "--part-rows", "100", "--show", "0", "--output", str(output)]
 
-    # A second per row: rows are left to interrupt even when this process notices the third row late (a busy CI).
-    proc = subprocess.Popen(cli(tmp_path / "count1", 1.0), cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    # SIGINT as a terminal sends it: a suite started in the background (`cmd &` in a script) would pass SIGINT on
+    # ignored, and then Python installs no KeyboardInterrupt for it.
+    proc = subprocess.Popen(cli(tmp_path / "count1", 0.3), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while len(counted_rows(tmp_path / "count1")) < 3:
         assert proc.poll() is None, proc.communicate()
