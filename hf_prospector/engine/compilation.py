@@ -65,6 +65,7 @@ class DeferredCompiler:
         self.eager_rows = 0  # rows scored in that time, as callers of expect count them
         self.worth_it: bool | None = None  # "auto": whether the rows left repay a compile (None: not told)
         self._timing_first = False  # the first compiled pass is timed: that is the compile's cost
+        self._cost: float | None = None  # see cost()
         self.target_logprobs = target_logprobs  # compiled along with the layers
         self._attention = model.config._attn_implementation  # the model's own, restored if compiling fails
         if self.setting is True:
@@ -137,7 +138,8 @@ class DeferredCompiler:
         if self._timing_first:
             self._timing_first = False
             eager_estimate = tokens * self.eager_seconds / self.eager_tokens if self.eager_tokens else 0.0
-            self._save_cost(max(seconds - eager_estimate, 0.0))
+            if not self.failed:  # a compile that failed measured nothing
+                self._save_cost(max(seconds - eager_estimate, 0.0))
         if self.compiled or self.failed or self.setting != "auto":
             return
         self.eager_seconds += seconds
@@ -160,8 +162,10 @@ class DeferredCompiler:
 
     # -- the compile's cost on this machine, kept on disk -----------------------------------------
     def cost(self) -> float:
-        """Seconds a compile of this model takes here: the last one measured, else ``COMPILE_AFTER_S``."""
-        return self._costs().get(self._cost_key(), COMPILE_AFTER_S)
+        """Seconds a compile of this model takes here: the last one measured, else ``COMPILE_AFTER_S`` (read once)."""
+        if self._cost is None:
+            self._cost = self._costs().get(self._cost_key(), COMPILE_AFTER_S)
+        return self._cost
 
     def _cost_key(self) -> str:
         config = self.model.config.to_json_string(use_diff=False)

@@ -58,7 +58,7 @@ def test_auto_compiles_after_enough_model_time(tiny_model_dir, monkeypatch):
     reqs = varied_requests(3, n=4)
     eager = engine.logprobs(reqs)
     assert not engine.compiled and engine.eager_seconds > 0  # a short run stays eager
-    monkeypatch.setattr(compilation, "COMPILE_AFTER_S", engine.eager_seconds)
+    monkeypatch.setattr(engine.compiler, "cost", lambda: engine.eager_seconds)  # a compile this run has paid for
     engine.logprobs(reqs[:1])
     assert engine.compiled  # the threshold was crossed: later passes are compiled
     for a, b in zip(eager, engine.logprobs(reqs)):
@@ -146,3 +146,12 @@ def test_compile_setting_is_checked(monkeypatch):
     assert resolve_compile(None) is False
     with pytest.raises(ValueError, match="compile must be"):
         resolve_compile("fast")
+
+
+def test_a_compile_that_failed_records_no_cost(auto, monkeypatch):
+    monkeypatch.setattr(compilation, "COMPILE_AFTER_S", 60.0)
+    compiler = auto()
+    compiler.record(60.0, 6000)
+    compiler.failed = "BackendCompilerFailed: no C++ compiler"  # as give_up leaves it
+    compiler.record(90.0, 1000)
+    assert auto().cost() == 60.0
