@@ -113,7 +113,7 @@ def main() -> None:
     del cold_scorer, engine
     for batch_size in args.batch_sizes:
         scorer = IFDScorer(model=folder, device=args.device)
-        counter = harness.FlopCounter(scorer.engine().model)
+        counter = harness.FlopCounter(scorer.engine().model, scorer.engine().head)
         _, cells, results[f"warm_seconds_batch_{batch_size}"] = timed(scorer, batch_size, counter)
         compiled = ", compiled during the pass" if scorer.engine().compiled else ""
         rows.append([f"IFDScorer() warm, batch_size={batch_size} ({dtype}{compiled})"] + cells)

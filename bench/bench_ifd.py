@@ -76,7 +76,7 @@ def main() -> None:
     ref_model, tokenizer = load_causal_lm(None)  # float32 weights for the loop
     candidate = IFDScorer(dtype=args.dtype)
     engine = candidate.engine()
-    counters = {"reference": harness.FlopCounter(ref_model), "candidate": harness.FlopCounter(engine.model)}
+    counters = {"reference": harness.FlopCounter(ref_model), "candidate": harness.FlopCounter(engine.model, engine.head)}
     # One-time set-up (thread pools, kernel selection) is not what either side is measured on.
     superfiltering_losses(ref_model, tokenizer, rows[:2])
     score(candidate, ds.select(range(min(2, len(ds)))), args.batch_size)

@@ -123,7 +123,7 @@ def main() -> None:
         for compile in [args.compile] + ["off"] * args.eager:
             scorer = IFDScorer(dtype=name, compile=compile)
             engine = scorer.engine()
-            counter = harness.FlopCounter(engine.model)
+            counter = harness.FlopCounter(engine.model, engine.head)
             sampler = InStepMatmul(engine.model, dtype, args.matmul_seconds, args.every)
             scored(scorer, warm)  # one-time set-up is not measured
             for budget in budgets:

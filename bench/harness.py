@@ -197,10 +197,11 @@ class FlopCounter:
     """Counts the positions a causal LM runs and projects, with forward hooks, and the FLOPs they cost.
 
     ``tokens``: positions through the backbone (padding included); ``real_tokens``: those the attention
-    mask marks as real; ``projected``: positions through the output projection.
+    mask marks as real; ``projected``: positions through the output projection: ``head``, the module an engine
+    applies (``engine.head``, which may wrap the model's own and never call it), else the model's.
     """
 
-    def __init__(self, model):
+    def __init__(self, model, head=None):
         self.hidden = model.config.hidden_size
         self.vocab = model.get_output_embeddings().weight.shape[0]
         embeddings = {id(model.get_input_embeddings().weight), id(model.get_output_embeddings().weight)}
@@ -212,7 +213,7 @@ class FlopCounter:
 
         self._handles = [
             model.base_model.register_forward_pre_hook(torch.compiler.disable(self._count_backbone), with_kwargs=True),
-            model.get_output_embeddings().register_forward_pre_hook(torch.compiler.disable(self._count_head)),
+            (head or model.get_output_embeddings()).register_forward_pre_hook(torch.compiler.disable(self._count_head)),
         ]
 
     def reset(self) -> None:

@@ -58,7 +58,7 @@ def main() -> None:
     scorer = IFDScorer(dtype=args.dtype, compile=args.compile, token_budget=args.token_budget)
     engine = scorer.engine()
     engine.head_positions = args.head_positions
-    counter = harness.FlopCounter(engine.model)
+    counter = harness.FlopCounter(engine.model, engine.head)
 
     def score(data):
         data.map(scorer, batched=True, batch_size=1000, load_from_cache_file=False, keep_in_memory=True)

@@ -65,7 +65,7 @@ class Engine:
         self.head_positions: int | None = None  # positions projected at once; None: hardware.head_chunk's choice
         self.pad_id = next(t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if t is not None)
         self.backbone = self.model.base_model
-        self.head = scoring_head(self.model.get_output_embeddings(), self.device)
+        self.head = scoring_head(self.model.get_output_embeddings(), self.device, self.dtype)
         self.softcap = getattr(self.model.config, "final_logit_softcapping", None)
         # Positions the model was trained on (GPT-2's n_positions answers to this name too); None: no stated limit.
         self.context_window: int | None = getattr(self.model.config, "max_position_embeddings", None)

@@ -11,6 +11,8 @@ import os
 import torch
 import torch.nn.functional as F
 
+from .projection import BlockedProjection
+
 try:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 except ImportError:  # torch < 2.3: no cuDNN attention to avoid
@@ -80,14 +82,17 @@ def head_chunk(device: torch.device, compiled: bool, dtype: torch.dtype = torch.
     larger block is best. GPUs want large blocks. bench: python bench/bench_utilisation.py --head-chunks 128,256,512"""
     if device.type == "cuda":
         return 1024
-    return CPU_HEAD_CHUNK.get(dtype, 256) if compiled else 64
+    if compiled or dtype == torch.float32:  # float32 projects by vocabulary blocks: no large block, fused or not
+        return CPU_HEAD_CHUNK.get(dtype, 256)
+    return 64
 
 
-# CPU micro-batch settings per dtype. float32: token budgets 1,024 / 2,048 / 4,096 ran within 3% of each other;
-# a head chunk of 128 ran 5% faster than 256 (its logits block stays in cache). bench: python
-# bench/bench_utilisation.py --dtypes float32 --rows 200 --rounds 3 --head-chunks 64,128,256 --skip-reference
+# CPU micro-batch settings per dtype. float32: token budgets 1,024 / 2,048 / 4,096 ran within 3% of each other
+# (bench: python bench/bench_utilisation.py --dtypes float32 --token-budgets 1024,2048,4096 --skip-reference);
+# positions projected at once and vocabulary block: python bench/bench_head.py
 CPU_TOKEN_BUDGET = {torch.bfloat16: 2048, torch.float32: 2048}
-CPU_HEAD_CHUNK = {torch.bfloat16: 256, torch.float32: 128}
+CPU_HEAD_CHUNK = {torch.bfloat16: 256, torch.float32: 256}
+CPU_VOCAB_BLOCK = 2048
 
 
 def attention_kernels(device: torch.device):
@@ -116,8 +121,14 @@ class AlignedHead(torch.nn.Module):
         return F.linear(hidden, self.weight, self.bias)[..., : self.vocab]
 
 
-def scoring_head(head: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """The output projection the engine applies: on CUDA an unaligned linear one is padded (:class:`AlignedHead`)."""
-    if device.type == "cuda" and isinstance(head, torch.nn.Linear) and head.out_features % 64:
+def scoring_head(head: torch.nn.Module, device: torch.device, dtype: torch.dtype = torch.bfloat16) -> torch.nn.Module:
+    """The output projection the engine applies: on CUDA an unaligned linear one is padded (:class:`AlignedHead`);
+    on a CPU in float32 a linear one runs a block of the vocabulary at a time (:class:`BlockedProjection`;
+    bfloat16 is not measured)."""
+    if not isinstance(head, torch.nn.Linear):
+        return head
+    if device.type == "cuda" and head.out_features % 64:
         return AlignedHead(head)
+    if device.type == "cpu" and dtype == torch.float32:
+        return BlockedProjection(head, CPU_VOCAB_BLOCK)
     return head

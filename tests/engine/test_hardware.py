@@ -1,9 +1,10 @@
-"""Hardware choices: the dtype, the padded scoring head, the attention kernels."""
+"""Hardware choices: the dtype, the scoring head (padded on CUDA, by vocabulary blocks on a CPU in float32), the
+attention kernels."""
 
 import pytest
 import torch
 
-from hf_prospector.engine import hardware, resolve_dtype
+from hf_prospector.engine import BlockedProjection, hardware, resolve_dtype
 
 
 def test_dtype_resolution(monkeypatch):
@@ -41,9 +42,17 @@ def test_aligned_head_projects_as_the_head_does():
         assert aligned.weight.shape == (64, 16)
         torch.testing.assert_close(aligned(hidden), head(hidden))
     assert isinstance(hardware.scoring_head(head, torch.device("cuda")), hardware.AlignedHead)
-    assert hardware.scoring_head(head, torch.device("cpu")) is head  # CPUs: not measured to help
     even = torch.nn.Linear(16, 128)
     assert hardware.scoring_head(even, torch.device("cuda")) is even
+
+
+def test_a_cpu_projects_float32_by_vocabulary_blocks():
+    head = torch.nn.Linear(16, 50)
+    blocked = hardware.scoring_head(head, torch.device("cpu"), torch.float32)
+    assert isinstance(blocked, BlockedProjection) and blocked.head is head and blocked.block == hardware.CPU_VOCAB_BLOCK
+    assert hardware.scoring_head(head, torch.device("cpu"), torch.bfloat16) is head  # bfloat16: not measured
+    embedding = torch.nn.Embedding(50, 16)  # not a linear projection: applied as it is
+    assert hardware.scoring_head(embedding, torch.device("cpu"), torch.float32) is embedding
 
 
 def test_attention_kernels_leave_out_cudnn_on_cuda_only():
