@@ -40,6 +40,7 @@ class BlockedProjection(torch.nn.Module):
         self.block = block
 
     def forward(self, hidden: torch.Tensor, targets: torch.Tensor, softcap: float | None) -> torch.Tensor:
+        """log p(target) at each row of ``hidden`` ([positions x hidden size])."""
         weight, bias, columns = self.head.weight, self.head.bias, hidden.T
         blocks = []
         for start in range(0, weight.shape[0], self.block):
