@@ -14,6 +14,7 @@ from .memory import release_freed_memory, resident_bytes
 from .prefix_cache import SharedPrefixCache
 from .projection import BlockedProjection, logprobs_of, target_logprobs
 
-__all__ = ["AlignedHead", "BlockedProjection", "DeferredCompiler", "Engine", "Request", "SharedPrefixCache", "attention_kernels",
-           "cpu_class", "default_token_budget", "head_chunk", "logprobs_of", "native_bf16", "plan_batches", "release_freed_memory",
-           "resident_bytes", "resolve_compile", "resolve_dtype", "scoring_head", "target_logprobs"]
+__all__ = ["AlignedHead", "BlockedProjection", "DeferredCompiler", "Engine", "Request", "SharedPrefixCache",
+           "attention_kernels", "cpu_class", "default_token_budget", "head_chunk", "logprobs_of", "native_bf16",
+           "plan_batches", "release_freed_memory", "resident_bytes", "resolve_compile", "resolve_dtype", "scoring_head",
+           "target_logprobs"]

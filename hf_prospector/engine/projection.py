@@ -30,8 +30,8 @@ class BlockedProjection(torch.nn.Module):
     The whole [positions x vocabulary] logits never exist: each block's logits, computed vocabulary-major
     (``weight_block @ hidden^T``), stay in cache for their log-sum-exp, and the target's logit is its own dot
     product. A whole block of logits is fresh memory for every chunk of positions, which a CPU pays for in page
-    faults and cache misses: in float32 the projection ran at about 60% of the matmul rate that way, blocked at
-    about 80%. bench: python bench/bench_head.py
+    faults and cache misses: in float32 on a CPU the projection ran at about 60% of the matmul rate that way, in
+    blocks at about 90% (compiled, 256 positions). bench: python bench/bench_head.py
     """
 
     def __init__(self, head: torch.nn.Linear, block: int):
