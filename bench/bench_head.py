@@ -14,19 +14,15 @@ same dtype, measured between rounds.
 from __future__ import annotations
 
 import statistics
-import time
 
 import harness
 
 
 def rate(fn, flops: float, seconds: float) -> float:
-    """GFLOP/s of ``fn`` (``flops`` each call), called for at least ``seconds``."""
+    """GFLOP/s of ``fn`` (``flops`` each call), called once to warm up, then for at least ``seconds``."""
     fn()
-    start, done = time.perf_counter(), 0
-    while not done or time.perf_counter() - start < seconds:
-        fn()
-        done += 1
-    return flops * done / (time.perf_counter() - start) / 1e9
+    calls, taken = harness.repeat_for(fn, seconds)
+    return flops * calls / taken / 1e9
 
 
 def main() -> None:

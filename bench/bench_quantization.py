@@ -6,7 +6,7 @@ call: ``torch.ao.quantization.quantize_dynamic``) and scores the same rows eager
 first (quantized modules do not compile).
 
     python bench/bench_quantization.py                          # 1,000 rows: the MLP, its down projection
-    python bench/bench_quantization.py --rows 300 --layers gate_proj+up_proj
+    python bench/bench_quantization.py --rows 300 --layers mlp.gate_proj+mlp.up_proj
 """
 
 from __future__ import annotations

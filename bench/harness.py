@@ -245,11 +245,17 @@ def matmul_sample(dtype, seconds: float, size: int = 2048) -> tuple[float, float
     a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     for _ in range(2):
         a @ b
+    calls, taken = repeat_for(lambda: a @ b, seconds)
+    return 2.0 * size ** 3 * calls, taken
+
+
+def repeat_for(fn: Callable, seconds: float) -> tuple[int, float]:
+    """Call ``fn`` at least once and until ``seconds`` have passed: the calls made and the seconds they took."""
     start, done = time.perf_counter(), 0
     while not done or time.perf_counter() - start < seconds:
-        a @ b
+        fn()
         done += 1
-    return 2.0 * size ** 3 * done, time.perf_counter() - start
+    return done, time.perf_counter() - start
 
 
 # -- output -------------------------------------------------------------------------------------------

@@ -119,7 +119,7 @@ class Engine:
         if self._head_only:
             hidden = self.compiler.run(self.backbone, input_ids=ids, attention_mask=mask, use_cache=past is not None,
                                          **kwargs).last_hidden_state
-            chunk = self.head_positions or head_chunk(self.device, self.compiled, self.dtype)
+            chunk = self.head_positions or head_chunk(self.device, self.compiled, self.dtype, self.head)
             lp = gather_logprobs(self._project, hidden, rows, cols, targets, chunk)
         else:
             logits = self.compiler.run(self.model, input_ids=ids, attention_mask=mask, use_cache=past is not None,

@@ -76,13 +76,15 @@ def default_token_budget(device: torch.device, dtype: torch.dtype = torch.bfloat
     return CPU_TOKEN_BUDGET.get(dtype, 2048)
 
 
-def head_chunk(device: torch.device, compiled: bool, dtype: torch.dtype = torch.bfloat16) -> int:
-    """Positions whose logits are materialised at once. On a CPU the eager log-softmax makes several passes over
-    its [positions x vocabulary] float32 block, which must stay in cache; compiled, they fuse into one pass and a
-    larger block is best. GPUs want large blocks. bench: python bench/bench_utilisation.py --head-chunks 128,256,512"""
+def head_chunk(device: torch.device, compiled: bool, dtype: torch.dtype = torch.bfloat16,
+               head: torch.nn.Module | None = None) -> int:
+    """Positions projected at once by ``head`` (a :func:`scoring_head`). On a CPU the eager log-softmax makes
+    several passes over its [positions x vocabulary] float32 block, which must stay in cache; compiled, they fuse
+    into one pass and a larger block is best, as it is for a :class:`BlockedProjection`, whose blocks are small
+    either way. GPUs want large blocks. bench: python bench/bench_utilisation.py --head-chunks 128,256,512"""
     if device.type == "cuda":
         return 1024
-    if compiled or dtype == torch.float32:  # float32 projects by vocabulary blocks: no large block, fused or not
+    if compiled or isinstance(head, BlockedProjection):
         return CPU_HEAD_CHUNK.get(dtype, 256)
     return 64
 

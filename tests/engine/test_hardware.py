@@ -53,6 +53,11 @@ def test_a_cpu_projects_float32_by_vocabulary_blocks():
     assert hardware.scoring_head(head, torch.device("cpu"), torch.bfloat16) is head  # bfloat16: not measured
     embedding = torch.nn.Embedding(50, 16)  # not a linear projection: applied as it is
     assert hardware.scoring_head(embedding, torch.device("cpu"), torch.float32) is embedding
+    # Eager, a blocked projection takes as many positions at once as a compiled one; a whole one fewer.
+    cpu = torch.device("cpu")
+    assert hardware.head_chunk(cpu, False, torch.float32, blocked) == hardware.CPU_HEAD_CHUNK[torch.float32]
+    assert hardware.head_chunk(cpu, False, torch.float32, head) == 64
+    assert hardware.head_chunk(cpu, True, torch.float32, head) == hardware.CPU_HEAD_CHUNK[torch.float32]
 
 
 def test_attention_kernels_leave_out_cudnn_on_cuda_only():
