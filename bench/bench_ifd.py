@@ -14,7 +14,10 @@ Agreement is checked within one convention: ``IFDScorer(convention="superfilteri
 Columns: rows/s; tokens/s (real tokens, padding excluded, through the model per second); GFLOP/s (the
 issue's count, see bench/harness.py; padding included); peak RSS of the process during the median
 round, and how far it rose above the RSS before that round (working memory: weights loaded earlier
-excluded); the weights' size.
+excluded); the weights' size. On a CPU, the ceiling rows give the candidate's FLOPs per row done at the
+rate of a 2048^3 matrix multiply in its dtype (the faster of samples before and after the rounds), the
+machine's practical peak: an implementation doing that arithmetic passes it only by the few percent a
+better-shaped product gains, so the ceiling's ratio bounds the speed ratio the machine can show.
 
     python bench/bench_ifd.py                          # 1,000 rows, 3 rounds
     python bench/bench_ifd.py --rows 16 --rounds 1     # a smoke run
@@ -30,7 +33,8 @@ import numpy as np
 import harness
 from reference import superfiltering_losses
 
-TARGET_RATIO = 5.0
+# The speed ratio asked of the defaults on each CPU class (issue 23); other classes have none.
+TARGET_RATIO = {"AMX": 6.0, "AVX2": 2.5}
 TARGET_SPEARMAN = 0.995
 
 
@@ -64,6 +68,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="auto", help="the candidate's dtype (float32: a CPU without native bf16)")
     args = parser.parse_args()
 
+    from hf_prospector.engine import cpu_class
     from hf_prospector.models import load_causal_lm
     from hf_prospector.scorers import IFDScorer
 
@@ -87,6 +92,10 @@ def main() -> None:
             return fn(), counters[name].real_tokens, counters[name].flops
         return run
 
+    # The attainable rate in the candidate's dtype (on a CPU), sampled before and after the rounds; the faster
+    # sample counts, so the ceiling is never understated by a moment of load.
+    on_cpu = engine.device.type == "cpu"
+    peak = [harness.matmul_sample(engine.dtype, 2.0)] if on_cpu else []
     runs = harness.interleave({
         "reference": counted("reference", lambda: superfiltering_losses(ref_model, tokenizer, rows)),
         "candidate": counted("candidate", lambda: score(candidate, ds, args.batch_size)),
@@ -111,12 +120,27 @@ def main() -> None:
         speed.append([labels[name], f"{r['rows_per_s']:.2f}", f"{r['tokens_per_s']:.0f}", f"{r['gflop_per_s']:.0f}",
                       f"{r['peak_rss_mb']:.0f}", f"{r['working_mb']:.0f}", f"{r['weights_mb']:.0f}"])
     ratio = results["reference"]["seconds"] / results["candidate"]["seconds"]
+    target = TARGET_RATIO.get(cpu_class()) if on_cpu and args.dtype == "auto" else None
+    target_text = f"target on {cpu_class()} >= {target:g}x" if target else "no target for this hardware"
+    ceiling = None
+    if on_cpu:
+        peak.append(harness.matmul_sample(engine.dtype, 2.0))
+        peak_rate = max(f / t for f, t in peak)
+        # The candidate's FLOPs per row at the practical peak: about the most this machine lets any scorer reach.
+        ceiling_rows_per_s = peak_rate / (harness.median_run(runs["candidate"]).result[2] / len(rows))
+        ceiling = ceiling_rows_per_s / results["reference"]["rows_per_s"]
+        results["candidate"].update(matmul_gflop_per_s=peak_rate / 1e9,
+                                    share_of_matmul=results["candidate"]["gflop_per_s"] * 1e9 / peak_rate)
     cpu_ratio = results["reference"]["cpu_seconds"] / results["candidate"]["cpu_seconds"]
     first = runs["candidate"][0].seconds  # a run's start: eager until compile="auto" compiles, then the compile
     results["candidate"].update(first_round_seconds=first, compiled=engine.compiled,
                                 eager_seconds_before_compile=engine.eager_seconds)
-    speed.append([f"speed ratio (target >= {TARGET_RATIO:g}x)", f"{ratio:.2f}x", "", "", "", "", ""])
+    speed.append([f"speed ratio ({target_text})", f"{ratio:.2f}x", "", "", "", "", ""])
     speed.append(["CPU-time ratio", f"{cpu_ratio:.2f}x", "", "", "", "", ""])
+    if ceiling is not None:
+        speed.append([f"ceiling: the candidate's FLOPs at the {harness.dtype_name(engine.dtype)} 2048^3 matmul rate",
+                      f"{ceiling_rows_per_s:.2f}", "", f"{peak_rate / 1e9:.0f}", "", "", ""])
+        speed.append(["ceiling ratio (these FLOPs at the matmul rate)", f"{ceiling:.2f}x", "", "", "", "", ""])
     start = "compiled" if not engine.eager_seconds else "eager, compile, compiled" if engine.compiled else "eager"
     speed.append([f"IFDScorer() first round ({start})",
                   f"{len(rows) / first:.2f}", "", "", "", "", ""])
@@ -144,11 +168,12 @@ def main() -> None:
     print()
     agreement_text = harness.print_table(["agreement (ifd)", "rows", "NaN in one only", "Spearman",
                                           "max |diff|", "max |diff| loss_cond"], table)
-    print(f"# targets: speed ratio >= {TARGET_RATIO:g}x; Spearman of the defaults against float32 >= "
+    print(f"# targets: speed ratio: {target_text}; Spearman of the defaults against float32 >= "
           f"{TARGET_SPEARMAN}")
     load_end = harness.report_end_load()
     harness.save_results("bench_ifd", {"rows": len(rows), "rounds": args.rounds, "load_average": [load_start, load_end],
                                        "results": results, "speed_ratio": ratio, "cpu_time_ratio": cpu_ratio,
+                                       "ceiling_ratio": ceiling,
                                        "agreement": table,
                                        "tables": [speed_text, agreement_text]})
 

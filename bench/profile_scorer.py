@@ -1,12 +1,16 @@
-"""Where IFD's time goes: the torch profiler over ``IFDScorer`` on the first ``--rows`` Alpaca rows, by kind of work.
+"""Where a scorer's time goes: the torch profiler over ``IFDScorer`` (first ``--rows`` Alpaca rows) or ``GoldScorer``
+(first ``--rows`` candidates of alpaca_gpt4_9k.json against ``--tasks`` tasks of task_set_kmeans_100.json), by kind
+of work.
 
-The scorer is warmed (and, with ``--compile on``, compiled) on other rows first; then one ``ds.map`` call of
-``--rows`` rows is profiled. CPU time of the profiled ops is grouped into matrix products (the FLOPs that count),
-attention, fused or element-wise kernels, the vocabulary's log-softmax and the rest, each with its share of the
-call's wall time, and the products' own rate against a 2048^3 matmul in the same dtype measured just before.
+The scorer is warmed (and, with ``--compile on``, compiled) on other rows first (for the golden score, its
+zero-shot pass too); then one ``ds.map`` call of ``--rows`` rows is profiled. CPU time of the profiled ops is
+grouped into matrix products (the FLOPs that count), attention, fused or element-wise kernels, the vocabulary's
+log-softmax and the rest, each with its share of the call's wall time, and the model's rate against a 2048^3
+matmul in the same dtype measured just before.
 
-    python bench/profile_ifd.py --dtype float32            # 200 rows, compiled
-    python bench/profile_ifd.py --dtype bfloat16 --rows 100
+    python bench/profile_scorer.py --dtype float32                       # IFD, 200 rows, compiled
+    python bench/profile_scorer.py --dtype bfloat16 --rows 100
+    python bench/profile_scorer.py --scorer gold --dtype float32 --rows 3   # 3 candidates x 100 tasks
 """
 
 from __future__ import annotations
@@ -36,26 +40,39 @@ def kind_of(name: str) -> str:
 
 def main() -> None:
     p = harness.parser(__doc__)
-    p.add_argument("--rows", type=int, default=200)
+    p.add_argument("--scorer", choices=("ifd", "gold"), default="ifd")
+    p.add_argument("--rows", type=int, default=None, help="rows (IFD, default 200) or candidates (gold, default 3)")
+    p.add_argument("--tasks", type=int, default=100, help="gold: first tasks of the task set")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--compile", choices=("on", "off"), default="on")
     p.add_argument("--token-budget", type=int, default=None)
     p.add_argument("--head-positions", type=int, default=None)
     args = p.parse_args()
-    harness.print_header(f"profile of IFDScorer({args.dtype}, compile {args.compile}) over {args.rows} rows", args)
+    gold = args.scorer == "gold"
+    args.rows = args.rows or (3 if gold else 200)
+    what = f"{args.rows} candidates x {args.tasks} tasks" if gold else f"{args.rows} rows"
+    harness.print_header(f"profile of {'Gold' if gold else 'IFD'}Scorer({args.dtype}, compile {args.compile}) over "
+                         f"{what}", args)
     import torch
     from torch.profiler import ProfilerActivity, profile
 
     from torch._inductor import config as inductor_config
 
-    from hf_prospector.scorers import IFDScorer
+    from hf_prospector.scorers import GoldScorer, IFDScorer
 
     inductor_config.cpp.enable_kernel_profile = True  # each generated kernel shows up by name
 
     harness.report_load("start")
-    rows = harness.first_rows("alpaca_52k.json", args.rows + 64)
-    warm, ds = rows.select(range(args.rows, args.rows + 64)), rows.select(range(args.rows))
-    scorer = IFDScorer(dtype=args.dtype, compile=args.compile, token_budget=args.token_budget)
+    settings = dict(dtype=args.dtype, compile=args.compile, token_budget=args.token_budget)
+    if gold:
+        warm_rows = 1
+        rows = harness.first_rows("alpaca_gpt4_9k.json", args.rows + warm_rows)
+        scorer = GoldScorer(task_set=harness.first_rows("task_set_kmeans_100.json", args.tasks), **settings)
+    else:
+        warm_rows = 64
+        rows = harness.first_rows("alpaca_52k.json", args.rows + warm_rows)
+        scorer = IFDScorer(**settings)
+    warm, ds = rows.select(range(args.rows, args.rows + warm_rows)), rows.select(range(args.rows))
     engine = scorer.engine()
     engine.head_positions = args.head_positions
     counter = harness.FlopCounter(engine.model, engine.head)
@@ -79,7 +96,7 @@ def main() -> None:
     total = sum(by_kind.values())
     model_rate = counter.flops / wall / 1e9
     print(f"# dtype {harness.dtype_name(engine.dtype)}, token budget {engine.token_budget}, compiled "
-          f"{engine.compiled}; {args.rows} rows in {wall:.1f} s; model {model_rate:.0f} GFLOP/s (issue's count) "
+          f"{engine.compiled}; {what} in {wall:.1f} s; model {model_rate:.0f} GFLOP/s (issue's count) "
           f"against the 2048^3 matmul's {flops / seconds / 1e9:.0f} GFLOP/s: {model_rate / (flops / seconds / 1e9):.0%}")
     table = [[kind, f"{secs:.1f}", f"{secs / total:.0%}"] for kind, secs in sorted(by_kind.items(), key=lambda kv: -kv[1])]
     harness.print_table(["kind of work", f"self CPU s ({threads} threads summed)", "share"], table)
