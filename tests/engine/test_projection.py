@@ -30,12 +30,12 @@ def test_engine_projecting_by_vocabulary_blocks_matches_full_logits(engine):
     """The engine's CPU float32 head, with blocks small enough that every position spans many of them."""
     assert isinstance(engine.head, BlockedProjection)
     reqs = varied_requests(3)
-    whole = engine.head
-    engine.head = BlockedProjection(whole.head, 7)
+    default = engine.head
+    engine.head = BlockedProjection(default.head, 7)
     try:
         got = engine.logprobs(reqs)
     finally:
-        engine.head = whole
+        engine.head = default
     for r, g in zip(reqs, got):
         np.testing.assert_allclose(g, full_logits_logprobs(engine.model, r.ids, r.start), atol=1e-4)
 
